@@ -1,0 +1,1 @@
+"""Nightly billing automation for therapy practices, as a Dagster code location."""

@@ -1,0 +1,1 @@
+"""The billing database: tables, migrations, idempotent writes and the scenario loader."""

@@ -1,0 +1,399 @@
+"""The billing database's tables.
+
+Constraints carry the invariants so that no code path can break them: a session is on at most
+one bill (`bill_sessions.session_id` is unique); one superbill and one statement per client per
+month; one delivery per document; an AutoPay attempt per deterministic key, and at most one
+attempt in flight per client (a partial unique index on pending attempts).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from billing_pipeline.db.types import UTCDateTime
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ID = String(64)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+# --- Practice, people, payment methods -------------------------------------------------------
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64))
+    npi: Mapped[str | None] = mapped_column(String(10))
+    tax_id: Mapped[str | None] = mapped_column(String(32))
+    address: Mapped[str | None] = mapped_column(Text)
+    phone: Mapped[str | None] = mapped_column(String(40))
+    provider_name: Mapped[str | None] = mapped_column(String(200))
+    provider_credentials: Mapped[str | None] = mapped_column(String(100))
+    provider_npi: Mapped[str | None] = mapped_column(String(10))
+    provider_license_number: Mapped[str | None] = mapped_column(String(64))
+    provider_taxonomy: Mapped[str | None] = mapped_column(String(32))
+    bill_creation: Mapped[str] = mapped_column(String(16))
+    superbill_day_of_month: Mapped[int] = mapped_column(Integer)
+    autopay_enabled: Mapped[bool] = mapped_column(Boolean)
+    __table_args__ = (
+        CheckConstraint("bill_creation IN ('daily','monthly','manual')", name="bill_creation"),
+        CheckConstraint("superbill_day_of_month BETWEEN 1 AND 31", name="superbill_day"),
+    )
+
+
+class SharingColumns:
+    share_bills: Mapped[bool] = mapped_column(Boolean)
+    bill_delay_minutes: Mapped[int] = mapped_column(Integer)
+    share_superbills: Mapped[bool] = mapped_column(Boolean)
+    superbill_delay_minutes: Mapped[int] = mapped_column(Integer)
+    share_statements: Mapped[bool] = mapped_column(Boolean)
+    statement_delay_minutes: Mapped[int] = mapped_column(Integer)
+
+
+class AccountSharingDefaults(SharingColumns, Base):
+    """Each version of an account's new-client sharing defaults, in full, from `effective_at`."""
+
+    __tablename__ = "account_sharing_defaults"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    effective_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (UniqueConstraint("account_id", "effective_at"),)
+
+
+class PaymentMethod(Base):
+    """A card on file in Stripe. Never a card number: Stripe ids, brand, last4, expiry."""
+
+    __tablename__ = "payment_methods"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    owner_type: Mapped[str] = mapped_column(String(16))
+    owner_id: Mapped[str] = mapped_column(ID)
+    stripe_customer_id: Mapped[str] = mapped_column(String(255))
+    stripe_payment_method_id: Mapped[str] = mapped_column(String(255))
+    brand: Mapped[str] = mapped_column(String(32))
+    last4: Mapped[str] = mapped_column(String(4))
+    exp_month: Mapped[int] = mapped_column(Integer)
+    exp_year: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (
+        CheckConstraint("owner_type IN ('client','billing_contact')", name="owner_type"),
+        CheckConstraint("exp_month BETWEEN 1 AND 12", name="exp_month"),
+    )
+
+
+class BillingContact(Base):
+    __tablename__ = "billing_contacts"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(320))
+    autopay_enabled: Mapped[bool] = mapped_column(Boolean)
+    payment_method_id: Mapped[str | None] = mapped_column(ForeignKey("payment_methods.id"))
+
+
+class Client(SharingColumns, Base):
+    """A client and their own Billing Settings (the sharing columns are the client's own,
+    seeded from the account defaults in force at `created_at`)."""
+
+    __tablename__ = "clients"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(320))
+    date_of_birth: Mapped[date | None] = mapped_column(Date)
+    address: Mapped[str | None] = mapped_column(Text)
+    insurance_member_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    billing_contact_id: Mapped[str | None] = mapped_column(ForeignKey("billing_contacts.id"))
+    payment_method_id: Mapped[str | None] = mapped_column(ForeignKey("payment_methods.id"))
+    auto_bill: Mapped[bool] = mapped_column(Boolean)
+    superbills_enabled: Mapped[bool] = mapped_column(Boolean)
+    autopay_enabled: Mapped[bool] = mapped_column(Boolean)
+
+
+class Diagnosis(Base):
+    __tablename__ = "diagnoses"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    icd10_code: Mapped[str] = mapped_column(String(8))
+    __table_args__ = (UniqueConstraint("client_id", "position"),)
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"), index=True)
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(16))
+    place_of_service: Mapped[str | None] = mapped_column(String(2))
+    __table_args__ = (
+        CheckConstraint("status IN ('attended','cancelled','no_show')", name="status"),
+        CheckConstraint("source IN ('native','imported')", name="source"),
+    )
+
+
+class SessionService(Base):
+    __tablename__ = "session_services"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    cpt: Mapped[str | None] = mapped_column(String(5))
+    units: Mapped[int] = mapped_column(Integer)
+    fee_cents: Mapped[int] = mapped_column(Integer)
+    modifiers: Mapped[str] = mapped_column(String(16), default="")
+    __table_args__ = (
+        UniqueConstraint("session_id", "position"),
+        CheckConstraint("units >= 1", name="units"),
+        CheckConstraint("fee_cents >= 0", name="fee"),
+    )
+
+
+# --- What each night computes ----------------------------------------------------------------
+
+
+class NightStep(Base):
+    """A step of a night finished for an account: AutoPay waits for the night's bills."""
+
+    __tablename__ = "night_steps"
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    night: Mapped[date] = mapped_column(Date, primary_key=True)
+    step: Mapped[str] = mapped_column(String(32), primary_key=True)
+    completed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    run_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class EligibleSession(Base):
+    """The sessions a night found billable (before billing them)."""
+
+    __tablename__ = "eligible_sessions"
+    night: Mapped[date] = mapped_column(Date, primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"))
+    session_date: Mapped[date] = mapped_column(Date)
+    amount_cents: Mapped[int] = mapped_column(Integer)
+
+
+class ResolvedSettings(SharingColumns, Base):
+    """Each client's settings as a night applied them, with AutoPay's decision and reason."""
+
+    __tablename__ = "resolved_settings"
+    night: Mapped[date] = mapped_column(Date, primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    bill_creation: Mapped[str] = mapped_column(String(16))
+    auto_bill: Mapped[bool] = mapped_column(Boolean)
+    superbills_enabled: Mapped[bool] = mapped_column(Boolean)
+    autopay_runs: Mapped[bool] = mapped_column(Boolean)
+    autopay_reason: Mapped[str] = mapped_column(String(40))
+    payer: Mapped[str] = mapped_column(String(16))
+    payer_payment_method_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class Bill(Base):
+    __tablename__ = "bills"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"), index=True)
+    night: Mapped[date] = mapped_column(Date, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(8), default="open")
+    paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    __table_args__ = (
+        CheckConstraint("status IN ('open','paid')", name="status"),
+        CheckConstraint("amount_cents >= 0", name="amount"),
+    )
+
+
+class BillSession(Base):
+    """A session is on at most one bill: the unique key is the invariant itself."""
+
+    __tablename__ = "bill_sessions"
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
+    bill_id: Mapped[int] = mapped_column(ForeignKey("bills.id"), index=True)
+
+
+class BillLineRow(Base):
+    __tablename__ = "bill_lines"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    bill_id: Mapped[int] = mapped_column(ForeignKey("bills.id"), index=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"))
+    cpt: Mapped[str] = mapped_column(String(5))
+    units: Mapped[int] = mapped_column(Integer)
+    fee_cents: Mapped[int] = mapped_column(Integer)
+    modifiers: Mapped[str] = mapped_column(String(16), default="")
+    amount_cents: Mapped[int] = mapped_column(Integer)
+
+
+class AutopayAttempt(Base):
+    """Written as `pending` and committed before Stripe is called; the outcome after."""
+
+    __tablename__ = "autopay_attempts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"), index=True)
+    night: Mapped[date] = mapped_column(Date, index=True)
+    payer: Mapped[str] = mapped_column(String(16))
+    payer_id: Mapped[str] = mapped_column(ID)
+    payment_method_id: Mapped[str] = mapped_column(ForeignKey("payment_methods.id"))
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    failure_code: Mapped[str | None] = mapped_column(String(64))
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255))
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    __table_args__ = (
+        CheckConstraint("amount_cents > 0", name="amount"),
+        CheckConstraint(
+            "status IN ('pending','succeeded','declined','requires_action','error')",
+            name="status",
+        ),
+        # At most one attempt in flight per client: two runs cannot both be charging them.
+        Index(
+            "uq_autopay_attempts_one_pending_per_client",
+            "client_id",
+            unique=True,
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
+
+
+class AutopayAttemptBill(Base):
+    __tablename__ = "autopay_attempt_bills"
+    attempt_id: Mapped[int] = mapped_column(ForeignKey("autopay_attempts.id"), primary_key=True)
+    bill_id: Mapped[int] = mapped_column(ForeignKey("bills.id"), primary_key=True)
+
+
+class Payment(Base):
+    __tablename__ = "payments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    attempt_id: Mapped[int] = mapped_column(ForeignKey("autopay_attempts.id"), unique=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"), index=True)
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    paid_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    stripe_payment_intent_id: Mapped[str] = mapped_column(String(255), unique=True)
+
+
+class Superbill(Base):
+    __tablename__ = "superbills"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"))
+    month: Mapped[str] = mapped_column(String(7))
+    night: Mapped[date] = mapped_column(Date)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (UniqueConstraint("client_id", "month"),)
+
+
+class SuperbillSession(Base):
+    __tablename__ = "superbill_sessions"
+    superbill_id: Mapped[int] = mapped_column(ForeignKey("superbills.id"), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
+
+
+class Statement(Base):
+    __tablename__ = "statements"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"))
+    month: Mapped[str] = mapped_column(String(7))
+    night: Mapped[date] = mapped_column(Date)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    open_balance_cents: Mapped[int] = mapped_column(Integer)
+    __table_args__ = (UniqueConstraint("client_id", "month"),)
+
+
+class Document(Base):
+    """A rendered file of a bill, superbill or statement (rendered when shared or asked for)."""
+
+    __tablename__ = "documents"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    document_type: Mapped[str] = mapped_column(String(16))
+    document_id: Mapped[int] = mapped_column(Integer)
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    byte_size: Mapped[int] = mapped_column(Integer)
+    rendered_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (UniqueConstraint("document_type", "document_id"),)
+
+
+class Delivery(Base):
+    """One delivery per document: queued with the document, shared once when due."""
+
+    __tablename__ = "deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    document_type: Mapped[str] = mapped_column(String(16))
+    document_id: Mapped[int] = mapped_column(Integer)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"))
+    night: Mapped[date] = mapped_column(Date)
+    recipient: Mapped[str] = mapped_column(String(16))
+    recipient_id: Mapped[str] = mapped_column(ID)
+    scheduled_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    wait_for_autopay: Mapped[bool] = mapped_column(Boolean, default=False)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    bill_status_at_delivery: Mapped[str | None] = mapped_column(String(8))
+    __table_args__ = (
+        UniqueConstraint("document_type", "document_id"),
+        CheckConstraint("document_type IN ('bill','superbill','statement')", name="type"),
+        CheckConstraint("recipient IN ('client','billing_contact')", name="recipient"),
+    )
+
+
+class PortalShare(Base):
+    """The client portal: a document shared with its recipient (one row per delivery)."""
+
+    __tablename__ = "portal_shares"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id"), unique=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"), index=True)
+    recipient: Mapped[str] = mapped_column(String(16))
+    recipient_id: Mapped[str] = mapped_column(ID)
+    document_type: Mapped[str] = mapped_column(String(16))
+    document_id: Mapped[int] = mapped_column(Integer)
+    shared_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CheckFlag(Base):
+    """A session automation left out for staff to handle (listed once, however many nights)."""
+
+    __tablename__ = "check_flags"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    check: Mapped[str] = mapped_column(String(64))
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"))
+    first_night: Mapped[date] = mapped_column(Date)
+    __table_args__ = (UniqueConstraint("check", "session_id"),)

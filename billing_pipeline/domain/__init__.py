@@ -1,0 +1,1 @@
+"""Pure billing rules: no Dagster, no database, no network. Tested on their own."""

@@ -1,0 +1,48 @@
+from setuptools import find_packages, setup
+
+# The dagster family is pinned together: an unpinned `dagster-postgres` resolves to an ancient
+# 0.11.x that cannot talk to dagster 1.13 (see DESIGN.md, "Library pins that matter").
+DAGSTER = "1.13.27"
+DAGSTER_LIBS = "0.29.27"
+
+setup(
+    name="billing_pipeline",
+    version="0.1.0",
+    description="Nightly billing automation for therapy practices, as a Dagster code location.",
+    packages=find_packages(exclude=["tests", "tests.*", "bench"]),
+    package_data={
+        "billing_pipeline": [
+            "db/migrations/*.py",
+            "db/migrations/versions/*.py",
+            "db/migrations/script.py.mako",
+            "scenario.schema.json",
+        ]
+    },
+    python_requires=">=3.11,<3.14",
+    install_requires=[
+        f"dagster=={DAGSTER}",
+        f"dagster-webserver=={DAGSTER}",
+        f"dagster-graphql=={DAGSTER}",
+        f"dagster-postgres=={DAGSTER_LIBS}",
+        "sqlalchemy>=2.0.30,<2.2",
+        "alembic>=1.13,<2",
+        "psycopg2-binary>=2.9.9,<3",
+        "stripe==16.1.0",
+        "localstripe==1.15.10",
+        "jsonschema>=4.21,<5",
+        "rfc3339-validator>=0.1.4",
+        "click>=8.1,<9",
+        "tqdm>=4.66,<5",
+        "tzdata>=2024.1",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8,<10",
+            "pytest-xdist>=3.5,<4",
+            "hypothesis>=6.100,<7",
+            "aiosmtpd>=1.4.6,<2",
+            "ruff==0.17.6",
+        ],
+    },
+    entry_points={"console_scripts": ["billing-pipeline=billing_pipeline.cli:main"]},
+)
