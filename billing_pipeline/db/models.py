@@ -272,6 +272,9 @@ class AutopayAttempt(Base):
     failure_code: Mapped[str | None] = mapped_column(String(64))
     stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255))
     attempted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Wall-clock time of the claim (attempted_at is the night's, logical in a simulation):
+    # reconciliation leaves a pending attempt alone while another run may still be calling.
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     __table_args__ = (
         CheckConstraint("amount_cents > 0", name="amount"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import calendar as _calendar
 from datetime import UTC, date, datetime, time, timedelta
-from functools import lru_cache
+from functools import cache, lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 LOOKBACK_DAYS = 90
@@ -20,7 +20,7 @@ class UnknownTimezone(ValueError):
     """A timezone name that is not in the IANA database."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def _known_zones() -> frozenset[str]:
     return frozenset(available_timezones())
 

@@ -34,11 +34,7 @@ def plan_delivery(
         return None
     created_at = require_aware(created_at, "created_at")
     due = created_at + timedelta(minutes=sharing.delay_minutes(kind))
-    wait = (
-        kind == DocumentType.BILL
-        and autopay_at is not None
-        and created_at < autopay_at <= due
-    )
+    wait = kind == DocumentType.BILL and autopay_at is not None and created_at < autopay_at <= due
     return PlannedDelivery(
         document_type=kind,
         recipient="billing_contact" if has_billing_contact else "client",

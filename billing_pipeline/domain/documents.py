@@ -51,7 +51,8 @@ def plan_superbills(
         if not superbills_enabled.get(client_id, False):
             continue
         chosen = [
-            s for s in sessions_in_month(sessions_by_client[client_id], tz, year, mon)
+            s
+            for s in sessions_in_month(sessions_by_client[client_id], tz, year, mon)
             if s.billable_kind
         ]
         if chosen:

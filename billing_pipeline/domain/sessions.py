@@ -118,9 +118,7 @@ def needs_cpt_flag(session: Session, tz: str, night: date) -> bool:
     )
 
 
-def sessions_in_month(
-    sessions: Iterable[Session], tz: str, year: int, month: int
-) -> list[Session]:
+def sessions_in_month(sessions: Iterable[Session], tz: str, year: int, month: int) -> list[Session]:
     out = []
     for s in sessions:
         d = s.local_date(tz)

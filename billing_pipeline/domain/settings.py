@@ -220,8 +220,11 @@ class AutopayDecision:
             AutopayReason.NO_CARD: f"{who[0].upper()}{who[1:]} has no card on file",
             AutopayReason.CARD_EXPIRED: (
                 f"The card of {who} expired"
-                + (f" ({card.brand} ending {card.last4}, {card.exp_month:02d}/{card.exp_year})"
-                   if card else "")
+                + (
+                    f" ({card.brand} ending {card.last4}, {card.exp_month:02d}/{card.exp_year})"
+                    if card
+                    else ""
+                )
             ),
         }[self.reason]
 

@@ -10,7 +10,6 @@ from alembic import op
 
 import billing_pipeline.db.types
 
-
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -184,6 +183,7 @@ def upgrade() -> None:
         sa.Column("failure_code", sa.String(length=64), nullable=True),
         sa.Column("stripe_payment_intent_id", sa.String(length=255), nullable=True),
         sa.Column("attempted_at", billing_pipeline.db.types.UTCDateTime(), nullable=False),
+        sa.Column("claimed_at", billing_pipeline.db.types.UTCDateTime(), nullable=False),
         sa.Column("completed_at", billing_pipeline.db.types.UTCDateTime(), nullable=True),
         sa.CheckConstraint(
             "status IN ('pending','succeeded','declined','requires_action','error')",

@@ -1,0 +1,46 @@
+"""delivery_queue: the night's documents waiting to be shared."""
+
+import dagster as dg
+
+from billing_pipeline.assets.autopay import autopay_attempts, statements
+from billing_pipeline.assets.billing import superbills
+from billing_pipeline.assets.common import for_each_night, summarize
+from billing_pipeline.assets.sessions import NIGHTLY
+from billing_pipeline.checks.invariants import deliveries_never_early
+from billing_pipeline.db.nightly import release_deliveries
+from billing_pipeline.resources.clock import Clock
+from billing_pipeline.resources.database import BillingDatabase
+
+
+@dg.asset(
+    **NIGHTLY,
+    deps=[autopay_attempts, superbills, statements],
+    check_specs=[dg.AssetCheckSpec("deliveries_never_early", asset="delivery_queue")],
+)
+def delivery_queue(
+    context: dg.AssetExecutionContext, db: BillingDatabase, clock: Clock
+) -> dg.MaterializeResult:
+    """The night's bills, superbills and statements queued for sharing, each at its creation
+    time plus the client's delay. Bills due after AutoPay were held until AutoPay ran; this
+    releases them. The `deliver_due_documents` sensor shares what falls due."""
+    figures = for_each_night(
+        context,
+        db,
+        clock,
+        "autopay",
+        lambda conn, p, night, _at: release_deliveries(conn, p.account.id, night),
+    )
+    with db.engine.connect() as conn:
+        check = deliveries_never_early(conn)
+    return dg.MaterializeResult(
+        metadata=summarize(
+            figures,
+            [
+                "bill_deliveries",
+                "superbill_deliveries",
+                "statement_deliveries",
+                "released_after_autopay",
+            ],
+        ),
+        check_results=[check],
+    )

@@ -1,0 +1,1 @@
+"""Asset checks: plain SQL over the billing database, as pure as a query can be."""

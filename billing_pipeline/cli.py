@@ -1,0 +1,152 @@
+"""billing-pipeline: load a scenario, simulate nights, report, explain a client, run the demo.
+
+Exit codes: 0 ok, 1 the work failed, 2 bad usage or bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import date
+from pathlib import Path
+
+import click
+
+
+class BadInput(click.ClickException):
+    exit_code = 2
+
+
+def _engine():  # type: ignore[no-untyped-def]
+    from billing_pipeline.config import database_url
+    from billing_pipeline.db.engine import get_engine, upgrade
+
+    engine = get_engine(database_url())
+    upgrade(engine)
+    return engine
+
+
+def _payments():  # type: ignore[no-untyped-def]
+    from billing_pipeline.resources.payments import Payments
+
+    return Payments(
+        api_key=os.environ.get("STRIPE_API_KEY") or None,
+        api_base=os.environ.get("STRIPE_API_BASE") or None,
+    )
+
+
+def _date(value: str, name: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise BadInput(f"{name}: {value!r} is not a date (YYYY-MM-DD)") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Nightly billing automation for therapy practices (a Dagster code location)."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@main.group()
+def db() -> None:
+    """The billing database."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the schema migrations (the other commands do this by themselves)."""
+    from billing_pipeline.config import database_url, redact_url
+    from billing_pipeline.db.engine import current_revision, get_engine, upgrade
+
+    engine = get_engine(database_url())
+    changed = upgrade(engine)
+    state = "upgraded to" if changed else "already at"
+    click.echo(f"{redact_url(database_url())}: {state} revision {current_revision(engine)}")
+
+
+@main.group()
+def scenario() -> None:
+    """Scenario files (../shared/contract/README.md)."""
+
+
+@scenario.command("load")
+@click.argument("path", type=click.Path(path_type=Path))
+def scenario_load(path: Path) -> None:
+    """Validate PATH whole, then write it in one transaction (cards go to Stripe)."""
+    from billing_pipeline.db.loader import ScenarioError, load_scenario
+    from billing_pipeline.resources.payments import PaymentsNotConfigured
+
+    try:
+        summary = load_scenario(path, _engine(), _payments())
+    except ScenarioError as err:
+        raise BadInput(f"{path}: {err}") from None
+    except PaymentsNotConfigured as err:
+        raise BadInput(str(err)) from None
+    click.echo(f"loaded {path.name}: {summary}")
+
+
+@main.command("simulate")
+@click.option("--from", "first", required=True, help="First service date (YYYY-MM-DD).")
+@click.option("--to", "last", required=True, help="Last service date (YYYY-MM-DD).")
+def simulate_cmd(first: str, last: str) -> None:
+    """Replay the nightly automation for service dates FROM..TO through Dagster."""
+    from billing_pipeline.simulate import dagster_instance, simulate
+
+    d1, d2 = _date(first, "--from"), _date(last, "--to")
+    if d2 < d1:
+        raise BadInput(f"--to {d2} is before --from {d1}")
+    _engine()
+    result = simulate(d1, d2, dagster_instance())
+    click.echo(
+        f"simulated {d1}..{d2}: {len(result.run_ids)} Dagster runs, "
+        f"{result.delivered} documents shared"
+    )
+    if not result.success:
+        click.echo(f"failed runs: {', '.join(result.failed)}", err=True)
+        sys.exit(1)
+
+
+@main.command("report")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def report_cmd(as_json: bool) -> None:
+    """Everything the automation produced (../shared/contract/report.schema.json)."""
+    from billing_pipeline.db.report import build_report
+
+    with _engine().connect() as conn:
+        report = build_report(conn)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for key, items in report.items():
+        click.echo(f"{key}: {len(items)}")
+
+
+@main.command("explain")
+@click.argument("client_id")
+@click.option("--date", "night", default=None, help="Service date (default: last night).")
+def explain_cmd(client_id: str, night: str | None) -> None:
+    """Why the automation does what it does for CLIENT_ID on a night, in plain words."""
+    from billing_pipeline.explain import UnknownClient, explain
+
+    with _engine().connect() as conn:
+        try:
+            text = explain(conn, client_id, _date(night, "--date") if night else None)
+        except UnknownClient as err:
+            raise BadInput(str(err)) from None
+    click.echo(text)
+
+
+@main.command("demo")
+@click.option("--keep", is_flag=True, help="Keep the previous demo data instead of starting over.")
+def demo_cmd(keep: bool) -> None:
+    """Create a demo practice and replay last month night by night (SQLite, localstripe)."""
+    from billing_pipeline.demo import run_demo
+
+    sys.exit(run_demo(fresh=not keep))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

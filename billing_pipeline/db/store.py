@@ -1,0 +1,423 @@
+"""Reading and creating practice records through the domain rules.
+
+Every function takes an open SQLAlchemy Connection inside the caller's transaction; none
+commits. The scenario loader and production share these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from sqlalchemy import Connection, and_, insert, select
+
+from billing_pipeline.db import models as m
+from billing_pipeline.domain.sessions import Service, Session, SessionSource, SessionStatus
+from billing_pipeline.domain.settings import (
+    BillCreation,
+    Card,
+    DefaultsChange,
+    DefaultsVersion,
+    Party,
+    Sharing,
+    defaults_history,
+    sharing_for_new_client,
+)
+
+# --- Views the rules work on -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccountView:
+    id: str
+    timezone: str
+    bill_creation: BillCreation
+    superbill_day_of_month: int
+    autopay_enabled: bool
+
+
+@dataclass(frozen=True)
+class ContactView:
+    id: str
+    autopay_enabled: bool
+    card: Card | None
+
+    def party(self) -> Party:
+        return Party("billing_contact", self.id, self.autopay_enabled, self.card)
+
+
+@dataclass(frozen=True)
+class ClientView:
+    id: str
+    account_id: str
+    billing_contact_id: str | None
+    auto_bill: bool
+    superbills_enabled: bool
+    autopay_enabled: bool
+    sharing: Sharing
+    card: Card | None
+
+    def party(self) -> Party:
+        return Party("client", self.id, self.autopay_enabled, self.card)
+
+
+@dataclass(frozen=True)
+class Practice:
+    """An account with its clients and billing contacts, as one night sees them."""
+
+    account: AccountView
+    clients: Mapping[str, ClientView]
+    contacts: Mapping[str, ContactView]
+
+    def contact_of(self, client: ClientView) -> ContactView | None:
+        if client.billing_contact_id is None:
+            return None
+        return self.contacts[client.billing_contact_id]
+
+
+def _sharing(row: object) -> Sharing:
+    return Sharing(
+        share_bills=bool(row.share_bills),  # type: ignore[attr-defined]
+        bill_delay_minutes=int(row.bill_delay_minutes),  # type: ignore[attr-defined]
+        share_superbills=bool(row.share_superbills),  # type: ignore[attr-defined]
+        superbill_delay_minutes=int(row.superbill_delay_minutes),  # type: ignore[attr-defined]
+        share_statements=bool(row.share_statements),  # type: ignore[attr-defined]
+        statement_delay_minutes=int(row.statement_delay_minutes),  # type: ignore[attr-defined]
+    )
+
+
+def _account_view(row: object) -> AccountView:
+    return AccountView(
+        id=row.id,  # type: ignore[attr-defined]
+        timezone=row.timezone,  # type: ignore[attr-defined]
+        bill_creation=BillCreation(row.bill_creation),  # type: ignore[attr-defined]
+        superbill_day_of_month=row.superbill_day_of_month,  # type: ignore[attr-defined]
+        autopay_enabled=bool(row.autopay_enabled),  # type: ignore[attr-defined]
+    )
+
+
+def list_accounts(conn: Connection, account_ids: Iterable[str] | None = None) -> list[AccountView]:
+    query = select(m.Account.__table__).order_by(m.Account.id)
+    if account_ids is not None:
+        query = query.where(m.Account.id.in_(list(account_ids)))
+    return [_account_view(r) for r in conn.execute(query)]
+
+
+def _cards(conn: Connection, account_id: str) -> dict[str, Card]:
+    rows = conn.execute(
+        select(m.PaymentMethod.__table__).where(m.PaymentMethod.account_id == account_id)
+    )
+    return {r.id: Card(r.id, r.brand, r.last4, r.exp_month, r.exp_year) for r in rows}
+
+
+def load_practice(conn: Connection, account_id: str) -> Practice:
+    account = _account_view(
+        conn.execute(select(m.Account.__table__).where(m.Account.id == account_id)).one()
+    )
+    cards = _cards(conn, account_id)
+    contacts = {
+        r.id: ContactView(r.id, bool(r.autopay_enabled), cards.get(r.payment_method_id))
+        for r in conn.execute(
+            select(m.BillingContact.__table__).where(m.BillingContact.account_id == account_id)
+        )
+    }
+    clients = {
+        r.id: ClientView(
+            id=r.id,
+            account_id=r.account_id,
+            billing_contact_id=r.billing_contact_id,
+            auto_bill=bool(r.auto_bill),
+            superbills_enabled=bool(r.superbills_enabled),
+            autopay_enabled=bool(r.autopay_enabled),
+            sharing=_sharing(r),
+            card=cards.get(r.payment_method_id),
+        )
+        for r in conn.execute(select(m.Client.__table__).where(m.Client.account_id == account_id))
+    }
+    return Practice(account, clients, contacts)
+
+
+def load_sessions(
+    conn: Connection,
+    client_ids: Sequence[str],
+    starts_from: datetime,
+    starts_before: datetime,
+) -> list[Session]:
+    """Sessions of these clients starting in [starts_from, starts_before), with services."""
+    if not client_ids:
+        return []
+    srows = conn.execute(
+        select(m.SessionRow.__table__)
+        .where(
+            and_(
+                m.SessionRow.client_id.in_(list(client_ids)),
+                m.SessionRow.starts_at >= starts_from,
+                m.SessionRow.starts_at < starts_before,
+            )
+        )
+        .order_by(m.SessionRow.starts_at, m.SessionRow.id)
+    ).all()
+    if not srows:
+        return []
+    services: dict[str, list[Service]] = {r.id: [] for r in srows}
+    for chunk_start in range(0, len(srows), 500):
+        ids = [r.id for r in srows[chunk_start : chunk_start + 500]]
+        for s in conn.execute(
+            select(m.SessionService.__table__)
+            .where(m.SessionService.session_id.in_(ids))
+            .order_by(m.SessionService.session_id, m.SessionService.position)
+        ):
+            modifiers = tuple(x for x in (s.modifiers or "").split(",") if x)
+            services[s.session_id].append(Service(s.cpt, s.units, s.fee_cents, modifiers))
+    return [
+        Session(
+            id=r.id,
+            client_id=r.client_id,
+            starts_at=r.starts_at,
+            status=SessionStatus(r.status),
+            source=SessionSource(r.source),
+            place_of_service=r.place_of_service,
+            services=tuple(services[r.id]),
+        )
+        for r in srows
+    ]
+
+
+def billed_session_ids(conn: Connection, session_ids: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    ids = list(session_ids)
+    for i in range(0, len(ids), 500):
+        found.update(
+            conn.execute(
+                select(m.BillSession.session_id).where(
+                    m.BillSession.session_id.in_(ids[i : i + 500])
+                )
+            ).scalars()
+        )
+    return found
+
+
+# --- Creating records (production and the scenario loader) ----------------------------------
+
+
+@dataclass(frozen=True)
+class NewAccount:
+    id: str
+    name: str
+    timezone: str
+    bill_creation: BillCreation
+    superbill_day_of_month: int
+    autopay_enabled: bool
+    defaults: Sharing
+    defaults_changes: tuple[DefaultsChange, ...] = ()
+    npi: str | None = None
+    tax_id: str | None = None
+    address: str | None = None
+    phone: str | None = None
+    provider: Mapping[str, str] | None = None
+
+
+def create_account(conn: Connection, new: NewAccount) -> list[DefaultsVersion]:
+    """Create an account with the full history of its new-client sharing defaults."""
+    history = defaults_history(new.defaults, new.defaults_changes)
+    provider = dict(new.provider or {})
+    conn.execute(
+        insert(m.Account.__table__).values(
+            id=new.id,
+            name=new.name,
+            timezone=new.timezone,
+            npi=new.npi,
+            tax_id=new.tax_id,
+            address=new.address,
+            phone=new.phone,
+            provider_name=provider.get("name"),
+            provider_credentials=provider.get("credentials"),
+            provider_npi=provider.get("npi"),
+            provider_license_number=provider.get("license_number"),
+            provider_taxonomy=provider.get("taxonomy"),
+            bill_creation=new.bill_creation.value,
+            superbill_day_of_month=new.superbill_day_of_month,
+            autopay_enabled=new.autopay_enabled,
+        )
+    )
+    conn.execute(
+        insert(m.AccountSharingDefaults.__table__),
+        [
+            {"account_id": new.id, "effective_at": v.effective_at, **v.sharing.as_dict()}
+            for v in history
+        ],
+    )
+    return history
+
+
+def defaults_history_of(conn: Connection, account_id: str) -> list[DefaultsVersion]:
+    rows = conn.execute(
+        select(m.AccountSharingDefaults.__table__)
+        .where(m.AccountSharingDefaults.account_id == account_id)
+        .order_by(m.AccountSharingDefaults.effective_at)
+    )
+    return [DefaultsVersion(r.effective_at, _sharing(r)) for r in rows]
+
+
+def change_account_defaults(
+    conn: Connection, account_id: str, effective_at: datetime, changes: Mapping[str, bool | int]
+) -> Sharing:
+    """A new version of the defaults from `effective_at`; existing clients keep theirs."""
+    history = defaults_history_of(conn, account_id)
+    updated = defaults_history(
+        history[0].sharing,
+        [DefaultsChange(v.effective_at, v.sharing.as_dict()) for v in history[1:]]
+        + [DefaultsChange(effective_at, changes)],
+    )[-1]
+    conn.execute(
+        insert(m.AccountSharingDefaults.__table__).values(
+            account_id=account_id, effective_at=updated.effective_at, **updated.sharing.as_dict()
+        )
+    )
+    return updated.sharing
+
+
+@dataclass(frozen=True)
+class NewCard:
+    """A card as Stripe registered it (the number never reaches this database)."""
+
+    id: str
+    stripe_customer_id: str
+    stripe_payment_method_id: str
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+
+
+def create_payment_method(
+    conn: Connection,
+    account_id: str,
+    owner_type: str,
+    owner_id: str,
+    card: NewCard,
+    created_at: datetime,
+) -> str:
+    conn.execute(
+        insert(m.PaymentMethod.__table__).values(
+            id=card.id,
+            account_id=account_id,
+            owner_type=owner_type,
+            owner_id=owner_id,
+            stripe_customer_id=card.stripe_customer_id,
+            stripe_payment_method_id=card.stripe_payment_method_id,
+            brand=card.brand,
+            last4=card.last4,
+            exp_month=card.exp_month,
+            exp_year=card.exp_year,
+            created_at=created_at,
+        )
+    )
+    return card.id
+
+
+def create_billing_contact(
+    conn: Connection,
+    *,
+    id: str,
+    account_id: str,
+    name: str,
+    email: str | None,
+    autopay_enabled: bool,
+    payment_method_id: str | None,
+) -> None:
+    conn.execute(
+        insert(m.BillingContact.__table__).values(
+            id=id,
+            account_id=account_id,
+            name=name,
+            email=email,
+            autopay_enabled=autopay_enabled,
+            payment_method_id=payment_method_id,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class NewClient:
+    id: str
+    account_id: str
+    name: str
+    created_at: datetime
+    own_settings: Mapping[str, bool | int]
+    email: str | None = None
+    date_of_birth: date | None = None
+    address: str | None = None
+    insurance_member_id: str | None = None
+    billing_contact_id: str | None = None
+    payment_method_id: str | None = None
+    diagnoses: tuple[str, ...] = ()
+
+
+SWITCH_DEFAULTS = {"auto_bill": True, "superbills_enabled": False, "autopay_enabled": False}
+
+
+def create_client(conn: Connection, new: NewClient) -> Sharing:
+    """A new client: switches as given (else their defaults), sharing fields as given, else
+    the account's defaults in force at `created_at`. Stored on the client for good."""
+    own = dict(new.own_settings)
+    switches = {k: bool(own.pop(k, v)) for k, v in SWITCH_DEFAULTS.items()}
+    sharing = sharing_for_new_client(defaults_history_of(conn, new.account_id), new.created_at, own)
+    conn.execute(
+        insert(m.Client.__table__).values(
+            id=new.id,
+            account_id=new.account_id,
+            name=new.name,
+            email=new.email,
+            date_of_birth=new.date_of_birth,
+            address=new.address,
+            insurance_member_id=new.insurance_member_id,
+            created_at=new.created_at,
+            billing_contact_id=new.billing_contact_id,
+            payment_method_id=new.payment_method_id,
+            **switches,
+            **sharing.as_dict(),
+        )
+    )
+    if new.diagnoses:
+        conn.execute(
+            insert(m.Diagnosis.__table__),
+            [
+                {"client_id": new.id, "position": i, "icd10_code": code}
+                for i, code in enumerate(new.diagnoses)
+            ],
+        )
+    return sharing
+
+
+def create_session(conn: Connection, session: Session) -> None:
+    conn.execute(
+        insert(m.SessionRow.__table__).values(
+            id=session.id,
+            client_id=session.client_id,
+            starts_at=session.starts_at,
+            status=session.status.value,
+            source=session.source.value,
+            place_of_service=session.place_of_service,
+        )
+    )
+    if session.services:
+        conn.execute(
+            insert(m.SessionService.__table__),
+            [
+                {
+                    "session_id": session.id,
+                    "position": i,
+                    "cpt": s.cpt,
+                    "units": s.units,
+                    "fee_cents": s.fee_cents,
+                    "modifiers": ",".join(s.modifiers),
+                }
+                for i, s in enumerate(session.services)
+            ],
+        )
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

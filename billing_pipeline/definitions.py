@@ -1,0 +1,44 @@
+"""The code location: one Definitions object, assembled here and nowhere else."""
+
+import dagster as dg
+
+from billing_pipeline.assets.autopay import autopay_attempts, statements
+from billing_pipeline.assets.billing import bills, superbills
+from billing_pipeline.assets.delivery import delivery_queue
+from billing_pipeline.assets.sessions import eligible_sessions, resolved_settings
+from billing_pipeline.jobs import (
+    autopay_job,
+    deliver_documents_job,
+    nightly_billing_job,
+    nightly_chain_job,
+)
+from billing_pipeline.resources.clock import Clock
+from billing_pipeline.resources.database import BillingDatabase
+from billing_pipeline.resources.notifier import Notifier
+from billing_pipeline.resources.payments import Payments
+from billing_pipeline.schedules import (
+    autopay_schedule,
+    deliver_due_documents,
+    nightly_billing_schedule,
+)
+
+defs = dg.Definitions(
+    assets=[
+        eligible_sessions,
+        resolved_settings,
+        bills,
+        superbills,
+        autopay_attempts,
+        statements,
+        delivery_queue,
+    ],
+    jobs=[nightly_billing_job, autopay_job, nightly_chain_job, deliver_documents_job],
+    schedules=[nightly_billing_schedule, autopay_schedule],
+    sensors=[deliver_due_documents],
+    resources={
+        "db": BillingDatabase(),
+        "clock": Clock(),
+        "payments": Payments(api_key=dg.EnvVar("STRIPE_API_KEY")),
+        "notifier": Notifier(),
+    },
+)

@@ -1,0 +1,177 @@
+"""`billing-pipeline explain CLIENT_ID`: a client's settings on a night, and why each decision
+falls the way it does, in words a practice manager understands. This is CLI output for staff,
+so it may use short names; nothing here goes to logs or Dagster."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from sqlalchemy import Connection, select
+
+from billing_pipeline.db import models as m
+from billing_pipeline.db.autopay import attempt_history
+from billing_pipeline.db.nightly import decide_autopay
+from billing_pipeline.db.store import billed_session_ids, load_practice, load_sessions
+from billing_pipeline.domain import calendar as cal
+from billing_pipeline.domain.autopay import RETRY_WORDS, RetryBlock, retry_block
+from billing_pipeline.domain.billing import bills_due
+from billing_pipeline.domain.documents import statement_month, superbill_month
+from billing_pipeline.domain.sessions import INELIGIBLE_WORDS, needs_cpt_flag, why_not_eligible
+from billing_pipeline.domain.settings import (
+    BillCreation,
+    DocumentType,
+    settings_warnings,
+    short_name,
+)
+
+OUTCOME_WORDS = {
+    "succeeded": "charged successfully; the bills it covered are paid",
+    "declined": "declined by the card issuer",
+    "requires_action": "the bank asked for the cardholder's authentication, which AutoPay "
+    "cannot give while nobody is there; it is not retried on this card",
+    "error": "Stripe could not be reached; no money is known to have moved",
+    "pending": "sent to Stripe, outcome not yet known; the next run reconciles it",
+}
+
+
+class UnknownClient(LookupError):
+    pass
+
+
+def _minutes(n: int) -> str:
+    if n == 0:
+        return "at once"
+    if n % 60 == 0:
+        hours = n // 60
+        return f"{hours} hour{'s' if hours != 1 else ''} after it is created"
+    return f"{n} minutes after it is created"
+
+
+def explain(conn: Connection, client_id: str, night: date | None = None) -> str:
+    row = conn.execute(select(m.Client.__table__).where(m.Client.id == client_id)).first()
+    if row is None:
+        raise UnknownClient(f"client_id: no client {client_id!r} in the billing database")
+    account_row = conn.execute(
+        select(m.Account.__table__).where(m.Account.id == row.account_id)
+    ).one()
+    practice = load_practice(conn, row.account_id)
+    account = practice.account
+    client = practice.clients[client_id]
+    tz = account.timezone
+    if night is None:
+        night = cal.local_date(datetime.now(UTC), tz) - timedelta(days=1)
+    contact_row = None
+    if client.billing_contact_id:
+        contact_row = conn.execute(
+            select(m.BillingContact.__table__).where(
+                m.BillingContact.id == client.billing_contact_id
+            )
+        ).one()
+    who = short_name(row.name)
+    lines = [
+        f"Client {client_id} ({who}) at {account_row.name}, night of {night.isoformat()} "
+        f"(times in {tz}; bills at 00:00 and AutoPay at 00:30 on {night + timedelta(days=1)})",
+        "",
+    ]
+
+    creation = account.bill_creation
+    due = bills_due(creation, night)
+    creation_words = {
+        BillCreation.DAILY: "daily: every night bills that day's sessions, one bill each",
+        BillCreation.MONTHLY: "monthly: one bill per client on the last night of the month",
+        BillCreation.MANUAL: "manual: staff create bills by hand; automation makes none",
+    }[creation]
+    lines.append(f"Bill creation: {creation_words} (a practice setting; no client can change it).")
+    if creation != BillCreation.MANUAL:
+        lines.append(f"  This night {'makes bills' if due else 'makes no bills'}.")
+    lines.append(
+        "Automatic bills: "
+        + (
+            "on: the client's sessions are billed automatically."
+            if client.auto_bill
+            else "off: this client is left out of automatic bills."
+        )
+    )
+
+    # Sessions the night meets
+    sessions = load_sessions(
+        conn,
+        [client_id],
+        cal.start_of_day(cal.lookback_start(night), tz),
+        cal.bills_instant(night, tz),
+    )
+    billed = billed_session_ids(conn, [s.id for s in sessions])
+    if sessions:
+        lines.append("Sessions this night looks at (the 90 days up to the night):")
+    for s in sessions:
+        reason = why_not_eligible(s, tz, night, auto_bill=client.auto_bill, billed=s.id in billed)
+        if reason is None:
+            verdict = "billed tonight" if due else "waits for a night that makes bills"
+        else:
+            verdict = "not billed: " + INELIGIBLE_WORDS[reason]
+        if needs_cpt_flag(s, tz, night):
+            verdict += "; flagged for staff: imported from another EHR without CPT codes"
+        lines.append(f"  {s.id} on {s.local_date(tz)}: {verdict}")
+
+    # Superbills and statements
+    month = superbill_month(night, account.superbill_day_of_month)
+    lines.append(
+        f"Superbills: {'on' if client.superbills_enabled else 'off'} in the client's settings; "
+        f"the practice makes them on day {account.superbill_day_of_month} of each month "
+        "(the last day in shorter months)"
+        + (f"; this night makes those for {cal.month_key(*month)}." if month else ".")
+    )
+    if statement_month(night):
+        lines.append("Statements: this night (the 1st) makes last month's statements.")
+
+    # Sharing
+    recipient = (
+        f"the billing contact {short_name(contact_row.name)}" if contact_row else "the client"
+    )
+    for kind, label in (
+        (DocumentType.BILL, "Bills"),
+        (DocumentType.SUPERBILL, "Superbills"),
+        (DocumentType.STATEMENT, "Statements"),
+    ):
+        if client.sharing.shares(kind):
+            lines.append(
+                f"{label} are shared with {recipient} "
+                f"{_minutes(client.sharing.delay_minutes(kind))}."
+            )
+        else:
+            lines.append(f"{label} are not shared automatically.")
+
+    # AutoPay
+    decision = decide_autopay(practice, client, night)
+    payer_name = (
+        contact_row.name if decision.payer_kind == "billing_contact" and contact_row else row.name
+    )
+    lines.append(f"AutoPay: {decision.describe(payer_name)}.")
+    if decision.runs and decision.card:
+        block = retry_block(attempt_history(conn, client_id), decision.card.payment_method_id)
+        if block != RetryBlock.NONE:
+            lines.append(f"  But AutoPay will not charge this card: {RETRY_WORDS[block]}.")
+    for w in settings_warnings(
+        client_id=client_id,
+        bill_creation=creation,
+        account_autopay=account.autopay_enabled,
+        client_autopay=client.autopay_enabled,
+        sharing=client.sharing,
+    ):
+        lines.append(f"Warning: {w.message}")
+
+    attempts = conn.execute(
+        select(m.AutopayAttempt.__table__)
+        .where(m.AutopayAttempt.client_id == client_id)
+        .order_by(m.AutopayAttempt.attempted_at, m.AutopayAttempt.id)
+    ).all()
+    if attempts:
+        lines.append("AutoPay attempts:")
+    for a in attempts:
+        local = a.attempted_at.astimezone(cal.zone(tz))
+        code = f" ({a.failure_code})" if a.failure_code and a.status != "succeeded" else ""
+        lines.append(
+            f"  {local:%Y-%m-%d %H:%M} for night {a.night}: ${a.amount_cents / 100:,.2f} "
+            f"from the {a.payer.replace('_', ' ')}: {OUTCOME_WORDS[a.status]}{code}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Thin adapters over the outside world: database, Stripe, renderer, notifier, clock."""

@@ -1,0 +1,48 @@
+"""Clock: the wall clock in production, a logical clock in `simulate`.
+
+Assets ask the clock two things: has a step's scheduled instant come for this practice, and
+what time to stamp on what it does. The wall clock answers with the real time. The logical
+clock runs every step exactly at its scheduled instant and ends the simulation at 00:00 on
+`until_date` in each practice's own zone.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import dagster as dg
+from pydantic import Field
+
+from billing_pipeline.domain.calendar import start_of_day
+
+
+class Clock(dg.ConfigurableResource):
+    """The time as the pipeline sees it."""
+
+    mode: str = Field(default="wall", description="'wall' (production) or 'logical' (simulate).")
+    until_date: str | None = Field(
+        default=None, description="Logical mode: the simulation ends at 00:00 on this local date."
+    )
+
+    @property
+    def logical(self) -> bool:
+        if self.mode not in ("wall", "logical"):
+            raise ValueError(f"clock mode: {self.mode!r} is not 'wall' or 'logical'")
+        return self.mode == "logical"
+
+    def now_for(self, tz: str) -> datetime:
+        """The current instant as seen by a practice in zone `tz`."""
+        if self.logical and self.until_date:
+            return start_of_day(date.fromisoformat(self.until_date), tz)
+        return datetime.now(UTC)
+
+    def is_due(self, scheduled_at: datetime, tz: str) -> bool:
+        return scheduled_at <= self.now_for(tz)
+
+    def stamp(self, scheduled_at: datetime) -> datetime:
+        """The instant to record for a step scheduled at `scheduled_at`: exactly that in a
+        simulation; the real time in production (a late run or a backfill is stamped when it
+        actually happened)."""
+        if self.logical:
+            return scheduled_at
+        return max(datetime.now(UTC), scheduled_at)

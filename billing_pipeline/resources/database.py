@@ -1,0 +1,58 @@
+"""BillingDatabase: the billing database (SQLite or PostgreSQL) for assets and sensors."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import dagster as dg
+from pydantic import Field
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from billing_pipeline.config import database_url
+from billing_pipeline.db.engine import get_engine, upgrade
+
+T = TypeVar("T")
+_migrated: set[str] = set()
+
+
+class BillingDatabase(dg.ConfigurableResource):
+    """The billing database. Empty `url` means BILLING_DATABASE_URL, else the embedded SQLite
+    file in the project's data folder. The schema is brought up to date on first use."""
+
+    url: str = Field(default="", description="SQLAlchemy URL; empty for the environment's.")
+
+    def resolved_url(self) -> str:
+        return self.url or database_url()
+
+    @property
+    def engine(self) -> Engine:
+        url = self.resolved_url()
+        engine = get_engine(url)
+        if url not in _migrated:
+            upgrade(engine)
+            _migrated.add(url)
+        return engine
+
+    def transact(self, work: Callable[[Connection], T], attempts: int = 4) -> T:
+        """Run `work` in one transaction. A unique key refused by a concurrent run, a deadlock
+        or a serialization failure rolls the whole transaction back and runs it again; the
+        idempotent work then finds what the other run did and does nothing twice."""
+        for attempt in range(attempts):
+            try:
+                with self.engine.begin() as conn:
+                    return work(conn)
+            except (IntegrityError, OperationalError) as exc:
+                if attempt + 1 >= attempts or not _retryable(exc):
+                    raise
+                time.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    if isinstance(exc, IntegrityError):
+        return True
+    text = str(exc.orig).lower()
+    return any(s in text for s in ("deadlock", "serializ", "locked", "could not obtain"))

@@ -1,0 +1,1 @@
+"""Flows that join the database and an outside service (Stripe); no Dagster here either."""

@@ -1,0 +1,91 @@
+"""Shared fixtures: a fresh billing database on SQLite and on PostgreSQL, localstripe.
+
+PostgreSQL tests create and drop a database of their own on 127.0.0.1:5432. They never skip:
+if the server does not answer, they fail (CI starts it first; see .ci/run).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from billing_pipeline.db.engine import dispose_engines, get_engine, upgrade
+from billing_pipeline.localstripe_server import LocalStripe
+
+PG_ADMIN_URL = os.environ.get(
+    "BILLING_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+CONTRACT = Path(os.environ.get("BILLING_CONTRACT_DIR", SHARED / "contract"))
+SCENARIOS = Path(__file__).with_name("scenarios")
+
+
+def _admin_engine():  # type: ignore[no-untyped-def]
+    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+
+
+def create_pg_database() -> str:
+    name = f"bp_test_{uuid.uuid4().hex[:12]}"
+    admin = _admin_engine()
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # a PostgreSQL test must fail, never skip
+        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is not answering: {exc}", pytrace=False)
+    finally:
+        admin.dispose()
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_pg_database(url: str) -> None:
+    dispose_engines()
+    name = url.rsplit("/", 1)[1]
+    admin = _admin_engine()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new, empty billing database URL (no schema yet) on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'billing.db'}"
+        dispose_engines()
+        return
+    url = create_pg_database()
+    yield url
+    drop_pg_database(url)
+
+
+@pytest.fixture
+def engine(database_url: str):  # type: ignore[no-untyped-def]
+    """An engine on a migrated, empty billing database."""
+    eng = get_engine(database_url)
+    upgrade(eng)
+    return eng
+
+
+@pytest.fixture(scope="session")
+def localstripe() -> Iterator[LocalStripe]:
+    with LocalStripe() as server:
+        yield server
+
+
+@pytest.fixture
+def cli_env(database_url: str, localstripe: LocalStripe, tmp_path: Path) -> dict[str, str]:
+    """Environment for running the CLI against a fresh database and instance."""
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    return {
+        "BILLING_DATABASE_URL": database_url,
+        "STRIPE_API_KEY": "sk_test_billing_pipeline",
+        "STRIPE_API_BASE": localstripe.url,
+        "DAGSTER_HOME": str(home),
+        "BILLING_DATA_DIR": str(tmp_path / "data"),
+    }
