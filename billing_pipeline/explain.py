@@ -151,14 +151,16 @@ def explain(conn: Connection, client_id: str, night: date | None = None) -> str:
         block = retry_block(attempt_history(conn, client_id), decision.card.payment_method_id)
         if block != RetryBlock.NONE:
             lines.append(f"  But AutoPay will not charge this card: {RETRY_WORDS[block]}.")
-    for w in settings_warnings(
-        client_id=client_id,
-        bill_creation=creation,
-        account_autopay=account.autopay_enabled,
-        client_autopay=client.autopay_enabled,
-        sharing=client.sharing,
-    ):
-        lines.append(f"Warning: {w.message}")
+    lines.extend(
+        f"Warning: {w.message}"
+        for w in settings_warnings(
+            client_id=client_id,
+            bill_creation=creation,
+            account_autopay=account.autopay_enabled,
+            client_autopay=client.autopay_enabled,
+            sharing=client.sharing,
+        )
+    )
 
     attempts = conn.execute(
         select(m.AutopayAttempt.__table__)

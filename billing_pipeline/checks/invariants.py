@@ -13,7 +13,7 @@ from billing_pipeline.db.nightly import IMPORTED_MISSING_CPT
 
 
 def bill_totals_match_lines(conn: Connection, nights: Sequence[date]) -> dg.AssetCheckResult:
-    """Every bill's amount is the sum of its lines (units × fee, integer cents)."""
+    """Every bill's amount is the sum of its lines (units times fee, integer cents)."""
     lines = (
         select(m.BillLineRow.bill_id, func.sum(m.BillLineRow.amount_cents).label("total"))
         .group_by(m.BillLineRow.bill_id)

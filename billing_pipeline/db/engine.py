@@ -10,7 +10,6 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.pool import NullPool
 
 from billing_pipeline.config import normalize_database_url
 
@@ -33,9 +32,14 @@ def make_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # SQLite: one connection per use; BEGIN IMMEDIATE so that writers queue instead of
-        # failing halfway through a transaction.
-        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
+        # SQLite: BEGIN IMMEDIATE so that writers queue instead of failing halfway through a
+        # transaction; a small pool, since opening a file connection costs more than the query.
+        engine = create_engine(
+            url,
+            pool_size=2,
+            max_overflow=8,
+            connect_args={"timeout": 30, "check_same_thread": False},
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
 
         @event.listens_for(engine, "connect")

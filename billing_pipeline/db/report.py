@@ -98,15 +98,17 @@ def _warnings(conn: Connection) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for account in list_accounts(conn):
         practice = load_practice(conn, account.id)
-        for client in sorted(practice.clients.values(), key=lambda c: c.id):
+        out.extend(
+            {"code": w.code, "client_id": w.client_id, "message": w.message}
+            for client in sorted(practice.clients.values(), key=lambda c: c.id)
             for w in settings_warnings(
                 client_id=client.id,
                 bill_creation=account.bill_creation,
                 account_autopay=account.autopay_enabled,
                 client_autopay=client.autopay_enabled,
                 sharing=client.sharing,
-            ):
-                out.append({"code": w.code, "client_id": w.client_id, "message": w.message})
+            )
+        )
     pending = conn.execute(
         select(m.Delivery.id, m.Delivery.client_id).where(m.Delivery.wait_for_autopay.is_(True))
     ).all()

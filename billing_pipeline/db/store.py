@@ -7,7 +7,7 @@ commits. The scenario loader and production share these.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 from sqlalchemy import Connection, and_, insert, select
@@ -343,16 +343,17 @@ def create_billing_contact(
 class NewClient:
     id: str
     account_id: str
-    name: str
+    name: str = field(repr=False)
     created_at: datetime
     own_settings: Mapping[str, bool | int]
-    email: str | None = None
-    date_of_birth: date | None = None
-    address: str | None = None
-    insurance_member_id: str | None = None
+    # Personal data stays out of reprs (tracebacks, logs).
+    email: str | None = field(default=None, repr=False)
+    date_of_birth: date | None = field(default=None, repr=False)
+    address: str | None = field(default=None, repr=False)
+    insurance_member_id: str | None = field(default=None, repr=False)
     billing_contact_id: str | None = None
     payment_method_id: str | None = None
-    diagnoses: tuple[str, ...] = ()
+    diagnoses: tuple[str, ...] = field(default=(), repr=False)
 
 
 SWITCH_DEFAULTS = {"auto_bill": True, "superbills_enabled": False, "autopay_enabled": False}

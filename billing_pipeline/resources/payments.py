@@ -135,18 +135,26 @@ class Payments(dg.ConfigurableResource):
         """A Stripe customer (metadata only: our id, never a name) with this test card."""
         client = self._stripe()
         customer = client.v1.customers.create(params={"metadata": {"owner_ref": owner_ref}})
-        pm = client.v1.payment_methods.create(
-            params={
-                "type": "card",
-                "card": {
-                    "number": number,
-                    "exp_month": exp_month,
-                    "exp_year": exp_year,
-                    "cvc": "123",
-                },
-            }
-        )
-        client.v1.payment_methods.attach(pm.id, params={"customer": customer.id})
+        try:
+            pm = client.v1.payment_methods.create(
+                params={
+                    "type": "card",
+                    "card": {
+                        "number": number,
+                        "exp_month": exp_month,
+                        "exp_year": exp_year,
+                        "cvc": "123",
+                    },
+                }
+            )
+            client.v1.payment_methods.attach(pm.id, params={"customer": customer.id})
+        except stripe.StripeError:
+            # Leave no customer behind for a card Stripe refused.
+            try:
+                client.v1.customers.delete(customer.id)
+            except stripe.StripeError:
+                pass
+            raise
         card = _plain(pm).get("card") or {}
         return RegisteredCard(
             stripe_customer_id=customer.id,

@@ -1,0 +1,30 @@
+"""The contract's public scenarios through `scenario load`, `simulate`, `report --json`,
+judged by the contract's own check_report.py, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from tests.conftest import CONTRACT
+from tests.contract.runner import check, run_scenario
+
+PUBLIC = sorted((CONTRACT / "scenarios").glob("*.expected.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("expected_path", PUBLIC, ids=lambda p: p.name.split(".")[0])
+def test_public_scenario_matches_expected_report(
+    expected_path: Path, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    scenario = expected_path.with_name(expected_path.name.replace(".expected", ""))
+    report = run_scenario(cli_env, scenario, expected_path)
+    schema = __import__("json").loads((CONTRACT / "report.schema.json").read_text())
+    jsonschema.validate(report, schema)
+    assert check(expected_path, report, tmp_path) == ""
+
+
+def test_public_scenarios_are_present() -> None:
+    assert len(PUBLIC) >= 3, f"no contract scenarios under {CONTRACT}"

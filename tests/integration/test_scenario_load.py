@@ -1,0 +1,650 @@
+"""Loading scenario files: the public scenarios load through the domain, bad files are refused
+whole with a message naming the first bad field, and nothing of a refused file stays behind,
+in the database (SQLite and PostgreSQL) or in Stripe (localstripe)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import stripe
+from sqlalchemy import Engine, func, select
+
+from billing_pipeline.db import loader, store
+from billing_pipeline.db import models as m
+from billing_pipeline.db.loader import (
+    CardRegistrationError,
+    ExistingRecords,
+    LoadSummary,
+    ScenarioError,
+    load_scenario,
+    read_scenario,
+    validate_scenario,
+)
+from billing_pipeline.localstripe_server import LocalStripe
+from billing_pipeline.resources.payments import Payments, PaymentsNotConfigured
+from tests.conftest import CONTRACT
+
+SCENARIOS = sorted(
+    p for p in (CONTRACT / "scenarios").glob("*.json") if not p.name.endswith(".expected.json")
+)
+CARD = "4242424242424242"
+DECLINED_ON_ATTACH = "4000000000000002"  # localstripe refuses to attach it, as Stripe does
+
+
+@pytest.fixture
+def payments(localstripe: LocalStripe) -> Payments:
+    return Payments(api_key="sk_test_x", api_base=localstripe.url)
+
+
+@pytest.fixture
+def stripe_owners(localstripe: LocalStripe) -> Callable[[], list[str]]:
+    """The `owner_ref` of every customer localstripe holds now."""
+    client = stripe.StripeClient("sk_test_x", base_addresses={"api": localstripe.url})
+
+    def owners() -> list[str]:
+        page = client.v1.customers.list(params={"limit": 100})
+        return sorted(
+            (c.to_dict().get("metadata") or {}).get("owner_ref", "")
+            for c in page.auto_paging_iter()
+        )
+
+    return owners
+
+
+def snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every billing table, in primary key order."""
+    with engine.connect() as conn:
+        return {
+            table.name: [
+                tuple(row)
+                for row in conn.execute(select(table).order_by(*table.primary_key.columns))
+            ]
+            for table in m.Base.metadata.sorted_tables
+        }
+
+
+def write(tmp_path: Path, doc: object, name: str = "scenario.json") -> Path:
+    path = tmp_path / name
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc, indent=2))
+    return path
+
+
+def count(engine: Engine, model: type[m.Base]) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(model)).scalar_one())
+
+
+# --- The public scenarios ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: p.stem)
+def test_public_scenario_loads_with_cards_in_stripe_only(
+    scenario: Path, engine: Engine, payments: Payments
+) -> None:
+    doc = json.loads(scenario.read_text())
+    contacts = doc.get("billing_contacts", [])
+    owners = [("billing_contact", c) for c in contacts] + [("client", c) for c in doc["clients"]]
+    with_cards = [(kind, o) for kind, o in owners if o.get("payment_method")]
+
+    summary = load_scenario(scenario, engine, payments)
+
+    assert summary == LoadSummary(
+        accounts=len(doc["accounts"]),
+        billing_contacts=len(contacts),
+        clients=len(doc["clients"]),
+        sessions=len(doc["sessions"]),
+        payment_methods=len(with_cards),
+    )
+    assert count(engine, m.Account) == len(doc["accounts"])
+    assert count(engine, m.AccountSharingDefaults) == sum(
+        1 + len(a["settings"].get("settings_history", [])) for a in doc["accounts"]
+    )
+    assert count(engine, m.BillingContact) == len(contacts)
+    assert count(engine, m.Client) == len(doc["clients"])
+    assert count(engine, m.Diagnosis) == sum(len(c.get("diagnoses", [])) for c in doc["clients"])
+    assert count(engine, m.SessionRow) == len(doc["sessions"])
+    assert count(engine, m.SessionService) == sum(len(s["services"]) for s in doc["sessions"])
+    assert count(engine, m.PaymentMethod) == len(with_cards)
+
+    with engine.connect() as conn:
+        methods = {r.id: r for r in conn.execute(select(m.PaymentMethod.__table__))}
+        linked = {
+            ("client", r.id): r.payment_method_id
+            for r in conn.execute(select(m.Client.id, m.Client.payment_method_id))
+        } | {
+            ("billing_contact", r.id): r.payment_method_id
+            for r in conn.execute(select(m.BillingContact.id, m.BillingContact.payment_method_id))
+        }
+        sessions = {r.id: r for r in conn.execute(select(m.SessionRow.__table__))}
+    for kind, owner in owners:
+        pm = owner.get("payment_method")
+        if pm is None:
+            assert linked[(kind, owner["id"])] is None
+            continue
+        row = methods[linked[(kind, owner["id"])]]
+        assert (row.owner_type, row.owner_id) == (kind, owner["id"])
+        assert row.account_id == owner["account_id"]
+        assert (row.brand, row.last4) == ("visa", pm["card"][-4:])
+        assert (row.exp_month, row.exp_year) == (pm["exp_month"], pm["exp_year"])
+        assert row.stripe_customer_id.startswith("cus_")
+        assert row.stripe_payment_method_id.startswith("pm_")
+    for s in doc["sessions"]:
+        row = sessions[s["id"]]
+        assert row.starts_at == datetime.fromisoformat(s["starts_at"]).astimezone(UTC)
+        assert row.status == s.get("status", "attended")
+        assert row.source == s.get("source", "native")
+
+    # No card number (nor anything like one) anywhere in the database.
+    for table, rows in snapshot(engine).items():
+        for row in rows:
+            for value in row:
+                assert not re.search(r"\d{12,}", str(value)), f"a card-like number in {table}"
+
+
+def test_sharing_defaults_in_force_at_created_at(engine: Engine, payments: Payments) -> None:
+    load_scenario(CONTRACT / "scenarios" / "sharing_defaults.json", engine, payments)
+    with engine.connect() as conn:
+        clients = {r.id: r for r in conn.execute(select(m.Client.__table__))}
+    assert clients["cl-early"].share_bills is True  # created before the change of defaults
+    assert clients["cl-early"].bill_delay_minutes == 0
+    assert clients["cl-late"].share_bills is False  # created after it
+    assert clients["cl-late"].share_superbills is True  # the change left the rest alone
+    assert clients["cl-own"].share_bills is True  # the client's own setting wins
+    assert clients["cl-own"].bill_delay_minutes == 30
+    assert clients["cl-excluded"].auto_bill is False
+    assert clients["cl-late"].auto_bill is True  # switches default: auto_bill on,
+    assert clients["cl-late"].superbills_enabled is False  # superbills off,
+    assert clients["cl-late"].autopay_enabled is False  # AutoPay off
+    assert clients["cl-manual"].autopay_enabled is True
+    assert clients["cl-manual"].bill_delay_minutes == 60  # its own account's defaults
+    with engine.connect() as conn:
+        versions = store.defaults_history_of(conn, "acct-prairie")
+    assert [v.sharing.share_bills for v in versions] == [True, False]
+    assert versions[1].effective_at == datetime(2026, 11, 10, tzinfo=UTC)
+
+
+def test_packaged_schema_is_the_contracts() -> None:
+    contract = json.loads((CONTRACT / "scenario.schema.json").read_text())
+    assert loader.scenario_schema() == contract
+
+
+# --- Bad input ---------------------------------------------------------------------------------
+
+SHARING = {
+    "share_bills": True,
+    "bill_delay_minutes": 60,
+    "share_superbills": False,
+    "superbill_delay_minutes": 0,
+    "share_statements": True,
+    "statement_delay_minutes": 0,
+}
+
+
+def account(ident: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": ident,
+        "name": f"Practice {ident}",
+        "timezone": "America/Chicago",
+        "settings": {
+            "bill_creation": "daily",
+            "superbill_day_of_month": 1,
+            "autopay_enabled": True,
+            "new_client_defaults": dict(SHARING),
+        },
+        **extra,
+    }
+
+
+def first_doc() -> dict[str, Any]:
+    """Loaded before each bad file: what a refused file must leave as it was."""
+    return {
+        "accounts": [account("acct-1")],
+        "billing_contacts": [
+            {"id": "bc-1", "account_id": "acct-1", "name": "Pat Doe",
+             "email": "pat@example.com", "autopay_enabled": True},
+        ],
+        "clients": [
+            {"id": "cl-1", "account_id": "acct-1", "name": "Sam Roe", "email": "sam@example.com",
+             "created_at": "2026-11-01T15:00:00Z", "billing_contact_id": "bc-1",
+             "payment_method": {"card": CARD, "exp_month": 12, "exp_year": 2030}},
+        ],
+        "sessions": [
+            {"id": "s-1", "client_id": "cl-1", "starts_at": "2026-11-20T10:00:00-06:00",
+             "services": [{"cpt": "90834", "units": 1, "fee_cents": 15000}]},
+        ],
+    }  # fmt: skip
+
+
+EXISTING = ExistingRecords(
+    accounts=frozenset({"acct-1"}),
+    billing_contacts={"bc-1": "acct-1"},
+    clients={"cl-1": "acct-1"},
+    sessions=frozenset({"s-1"}),
+)
+
+
+def second_doc() -> dict[str, Any]:
+    """A good second file; each bad case breaks one thing in it."""
+    return {
+        "accounts": [
+            account("acct-2"),
+            account("acct-3", timezone="America/New_York"),
+        ],
+        "billing_contacts": [
+            {"id": "bc-2", "account_id": "acct-2", "name": "Lee Moe",
+             "email": "lee@example.com", "autopay_enabled": True,
+             "payment_method": {"card": CARD, "exp_month": 1, "exp_year": 2031}},
+            {"id": "bc-3", "account_id": "acct-3", "name": "Kim Poe",
+             "email": "kim@example.com", "autopay_enabled": False},
+        ],
+        "clients": [
+            {"id": "cl-2", "account_id": "acct-2", "name": "Ada Lin", "email": "ada@example.com",
+             "date_of_birth": "1990-01-31", "created_at": "2026-11-02T15:00:00Z",
+             "billing_contact_id": "bc-2", "diagnoses": ["F41.1"], "settings": {}},
+        ],
+        "sessions": [
+            {"id": "s-2", "client_id": "cl-2", "starts_at": "2026-11-20T10:00:00-06:00",
+             "services": [{"cpt": "90834", "units": 1, "fee_cents": 15000}]},
+        ],
+    }  # fmt: skip
+
+
+def _set(*path: Any, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(doc: dict[str, Any]) -> None:
+        node = doc
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+
+    return mutate
+
+
+def _drop(*path: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(doc: dict[str, Any]) -> None:
+        node = doc
+        for part in path[:-1]:
+            node = node[part]
+        del node[path[-1]]
+
+    return mutate
+
+
+def _duplicate_session(doc: dict[str, Any]) -> None:
+    doc["sessions"].append(copy.deepcopy(doc["sessions"][0]))
+
+
+def _history_out_of_order(doc: dict[str, Any]) -> None:
+    doc["accounts"][0]["settings"]["settings_history"] = [
+        {"effective_at": "2026-11-10T00:00:00Z", "new_client_defaults": {"share_bills": False}},
+        {"effective_at": "2026-11-01T00:00:00Z", "new_client_defaults": {"share_bills": True}},
+    ]
+
+
+# (case, mutation, the whole message, a value that must not appear in it)
+BAD: list[tuple[str, Callable[[dict[str, Any]], None], str, str | None]] = [
+    (
+        "bad_cpt",
+        _set("sessions", 0, "services", 0, "cpt", value="9083"),
+        "sessions[0].services[0].cpt: '9083' does not match ^[0-9]{4}[0-9A-Z]$",
+        None,
+    ),
+    (
+        "unknown_timezone",
+        _set("accounts", 1, "timezone", value="America/Atlantis"),
+        "accounts[1].timezone: 'America/Atlantis' is not an IANA timezone",
+        None,
+    ),
+    (
+        "unknown_account",
+        _set("clients", 0, "account_id", value="acct-x"),
+        "clients[0].account_id: unknown account 'acct-x'",
+        None,
+    ),
+    (
+        "unknown_account_of_contact",
+        _set("billing_contacts", 1, "account_id", value="acct-x"),
+        "billing_contacts[1].account_id: unknown account 'acct-x'",
+        None,
+    ),
+    (
+        "unknown_client",
+        _set("sessions", 0, "client_id", value="cl-x"),
+        "sessions[0].client_id: unknown client 'cl-x'",
+        None,
+    ),
+    (
+        "unknown_billing_contact",
+        _set("clients", 0, "billing_contact_id", value="bc-x"),
+        "clients[0].billing_contact_id: unknown billing contact 'bc-x'",
+        None,
+    ),
+    (
+        "billing_contact_of_another_account",
+        _set("clients", 0, "billing_contact_id", value="bc-3"),
+        "clients[0].billing_contact_id: billing contact 'bc-3' belongs to account 'acct-3', "
+        "not 'acct-2'",
+        None,
+    ),
+    (
+        "billing_contact_of_another_account_in_db",
+        _set("clients", 0, "billing_contact_id", value="bc-1"),
+        "clients[0].billing_contact_id: billing contact 'bc-1' belongs to account 'acct-1', "
+        "not 'acct-2'",
+        None,
+    ),
+    (
+        "duplicate_id_in_file",
+        _duplicate_session,
+        "sessions[1].id: duplicate id 's-2' (also at sessions[0].id)",
+        None,
+    ),
+    (
+        "duplicate_id_in_db",
+        _set("billing_contacts", 1, "id", value="bc-1"),
+        "billing_contacts[1].id: billing contact 'bc-1' already exists in the database",
+        None,
+    ),
+    (
+        "duplicate_account_in_db",
+        _set("accounts", 0, "id", value="acct-1"),
+        "accounts[0].id: account 'acct-1' already exists in the database",
+        None,
+    ),
+    (
+        "negative_fee",
+        _set("sessions", 0, "services", 0, "fee_cents", value=-100),
+        "sessions[0].services[0].fee_cents: -100 is less than the minimum of 0",
+        None,
+    ),
+    (
+        "time_without_offset",
+        _set("sessions", 0, "starts_at", value="2026-11-20T10:00:00"),
+        "sessions[0].starts_at: '2026-11-20T10:00:00' has no UTC offset",
+        None,
+    ),
+    (
+        "created_at_without_offset",
+        _set("clients", 0, "created_at", value="2026-11-02 15:00"),
+        "clients[0].created_at: '2026-11-02 15:00' has no UTC offset",
+        None,
+    ),
+    (
+        "settings_history_out_of_order",
+        _history_out_of_order,
+        "accounts[0].settings.settings_history[1].effective_at: '2026-11-01T00:00:00Z' is not "
+        "after the change before it ('2026-11-10T00:00:00Z'): settings_history must be in "
+        "time order",
+        None,
+    ),
+    (
+        "bad_email",
+        _set("clients", 0, "email", value="ada.lin.example.com"),
+        "clients[0].email: (value withheld: personal data) is not an email address",
+        "ada.lin",
+    ),
+    (
+        "bad_date_of_birth",
+        _set("clients", 0, "date_of_birth", value="1990-02-30"),
+        "clients[0].date_of_birth: (value withheld: personal data) is not a date (YYYY-MM-DD)",
+        "1990",
+    ),
+    (
+        "bad_diagnosis",
+        _set("clients", 0, "diagnoses", value=["F41.1", "HIV+"]),
+        "clients[0].diagnoses[1]: (value withheld: personal data) does not match "
+        r"^[A-TV-Z][0-9][0-9AB](\.[0-9A-TV-Z]{1,4})?$",
+        "HIV",
+    ),
+    (
+        "bad_card_number",
+        _set("billing_contacts", 0, "payment_method", "card", value="4242-4242-4242-4242"),
+        "billing_contacts[0].payment_method.card: (value withheld) does not match ^[0-9]{12,19}$",
+        "4242",
+    ),
+    (
+        "missing_required_field",
+        _drop("clients", 0, "created_at"),
+        "clients[0].created_at: required field is missing",
+        None,
+    ),
+    (
+        "unknown_field",
+        _set("clients", 0, "ssn", value="123-45-6789"),
+        "clients[0].ssn: unknown field (not in the scenario schema)",
+        "6789",
+    ),
+    (
+        "wrong_type_of_record",
+        _set("clients", 0, value="Ada Lin"),
+        "clients[0]: 'Ada Lin' is not of type object",
+        None,
+    ),
+    (
+        "first_error_in_document_order",
+        lambda d: (
+            _set("sessions", 0, "client_id", value="cl-x")(d),
+            _set("clients", 0, "billing_contact_id", value="bc-x")(d),
+        ),
+        "clients[0].billing_contact_id: unknown billing contact 'bc-x'",
+        None,
+    ),
+]
+
+
+def test_second_doc_is_good_so_each_case_breaks_one_thing() -> None:
+    scenario = validate_scenario(second_doc(), EXISTING)
+    assert [c.id for c in scenario.clients] == ["cl-2"]
+    assert [c.owner for c in scenario.cards] == [("billing_contact", "bc-2")]
+
+
+@pytest.mark.parametrize(("case", "mutate", "message", "secret"), BAD, ids=[b[0] for b in BAD])
+def test_bad_document_is_refused_naming_the_field(
+    case: str,
+    mutate: Callable[[dict[str, Any]], None],
+    message: str,
+    secret: str | None,
+) -> None:
+    doc = second_doc()
+    mutate(doc)
+    with pytest.raises(ScenarioError) as refused:
+        validate_scenario(doc, EXISTING)
+    assert str(refused.value) == message
+    assert "\n" not in str(refused.value)
+    if secret is not None:
+        assert secret not in str(refused.value)
+
+
+def test_personal_data_is_withheld_wherever_it_breaks_the_schema() -> None:
+    doc = second_doc()
+    doc["clients"][0]["name"] = {"first": "Ada", "last": "Lin"}
+    doc["billing_contacts"][0]["email"] = 42
+    doc["accounts"][1]["phone"] = ["555-0100"]
+    messages = []
+    for part in ("accounts", "billing_contacts", "clients"):
+        only = second_doc()
+        only[part] = doc[part]
+        with pytest.raises(ScenarioError) as refused:
+            validate_scenario(only)
+        messages.append(str(refused.value))
+    assert messages == [
+        "accounts[1].phone: (value withheld: personal data) is not of type string",
+        "billing_contacts[0].email: (value withheld: personal data) is not of type string",
+        "clients[0].name: (value withheld: personal data) is not of type string",
+    ]
+
+
+def test_unreadable_files_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match=r"^no such file$"):
+        read_scenario(tmp_path / "missing.json")
+    broken = write(tmp_path, '{\n  "accounts": [,\n]}')
+    with pytest.raises(ScenarioError) as refused:
+        read_scenario(broken)
+    assert str(refused.value) == ("not valid JSON: Expecting value at line 2, column 16")
+
+
+def test_a_refused_file_leaves_the_database_and_stripe_as_they_were(
+    engine: Engine,
+    payments: Payments,
+    stripe_owners: Callable[[], list[str]],
+    tmp_path: Path,
+) -> None:
+    load_scenario(write(tmp_path, first_doc(), "first.json"), engine, payments)
+    before = snapshot(engine)
+    owners = stripe_owners()
+    assert before["clients"] and before["payment_methods"]
+
+    failures = []
+    for case, mutate, message, _secret in BAD:
+        doc = second_doc()
+        mutate(doc)
+        try:
+            load_scenario(write(tmp_path, doc, f"{case}.json"), engine, payments)
+        except ScenarioError as err:
+            if str(err) != message:
+                failures.append(f"{case}: {err}")
+        else:
+            failures.append(f"{case}: loaded")
+        if snapshot(engine) != before:
+            failures.append(f"{case}: the database changed")
+    for text in ('{"accounts": [', "", "[1, 2]"):
+        with pytest.raises(ScenarioError):
+            load_scenario(write(tmp_path, text, "broken.json"), engine, payments)
+    with pytest.raises(ScenarioError, match="no such file"):
+        load_scenario(tmp_path / "missing.json", engine, payments)
+    assert failures == []
+    assert snapshot(engine) == before
+    assert stripe_owners() == owners  # no card of a refused file reached Stripe
+
+    # The same file, unbroken, loads; so does a file that only refers to records loaded before.
+    summary = load_scenario(write(tmp_path, second_doc(), "second.json"), engine, payments)
+    assert summary == LoadSummary(2, 2, 1, 1, 1)
+    more = {
+        "accounts": [],
+        "clients": [
+            {"id": "cl-1b", "account_id": "acct-1", "name": "Bo Roe",
+             "created_at": "2026-11-03T15:00:00Z", "billing_contact_id": "bc-1"},
+        ],
+        "sessions": [
+            {"id": "s-1b", "client_id": "cl-1", "starts_at": "2026-11-21T10:00:00-06:00",
+             "services": [{"units": 2, "fee_cents": 5000, "modifiers": ["95"]}]},
+        ],
+    }  # fmt: skip
+    assert load_scenario(write(tmp_path, more, "more.json"), engine, payments) == LoadSummary(
+        0, 0, 1, 1, 0
+    )
+    with engine.connect() as conn:
+        service = conn.execute(
+            select(m.SessionService.__table__).where(m.SessionService.session_id == "s-1b")
+        ).one()
+    assert (service.cpt, service.units, service.fee_cents, service.modifiers) == (
+        None,
+        2,
+        5000,
+        "95",
+    )
+    assert count(engine, m.Client) == 3
+
+
+# --- Failures after the checks -----------------------------------------------------------------
+
+
+def unique_owners_doc() -> tuple[dict[str, Any], str, str]:
+    tag = uuid.uuid4().hex[:10]
+    doc = first_doc()
+    doc["clients"][0]["id"] = good = f"cl-good-{tag}"
+    doc["sessions"][0]["client_id"] = good
+    doc["clients"].append(
+        {"id": f"cl-bad-{tag}", "account_id": "acct-1", "name": "Jo Poe",
+         "created_at": "2026-11-01T15:00:00Z",
+         "payment_method": {"card": DECLINED_ON_ATTACH, "exp_month": 12, "exp_year": 2030}}
+    )  # fmt: skip
+    return doc, good, f"cl-bad-{tag}"
+
+
+def test_a_card_stripe_refuses_undoes_the_cards_before_it(
+    engine: Engine,
+    payments: Payments,
+    stripe_owners: Callable[[], list[str]],
+    tmp_path: Path,
+) -> None:
+    doc, good, _bad = unique_owners_doc()
+    before = snapshot(engine)
+    with pytest.raises(CardRegistrationError) as refused:
+        load_scenario(write(tmp_path, doc), engine, payments)
+    message = str(refused.value)
+    assert message.startswith("clients[1].payment_method: Stripe refused the card (card_declined")
+    assert message.endswith("; nothing was written")
+    assert DECLINED_ON_ATTACH not in message
+    assert snapshot(engine) == before
+    assert good not in stripe_owners()  # the first client's customer was deleted again
+
+
+@pytest.fixture
+def failing_session_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write fails after the accounts, cards, contacts and clients went in."""
+
+    def boom(conn: object, session: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(store, "create_session", boom)
+
+
+def test_a_failed_write_rolls_back_everything_and_deletes_the_customers(
+    engine: Engine,
+    payments: Payments,
+    stripe_owners: Callable[[], list[str]],
+    tmp_path: Path,
+    failing_session_write: None,
+) -> None:
+    doc, good, bad = unique_owners_doc()
+    doc["clients"][1]["payment_method"]["card"] = CARD
+    before = snapshot(engine)
+    with pytest.raises(RuntimeError, match="disk full"):
+        load_scenario(write(tmp_path, doc), engine, payments)
+    assert snapshot(engine) == before
+    owners = stripe_owners()
+    assert good not in owners
+    assert bad not in owners
+
+
+def test_a_database_refusal_names_no_personal_data(
+    engine: Engine,
+    payments: Payments,
+    stripe_owners: Callable[[], list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    doc, good, bad = unique_owners_doc()
+    doc["clients"][1]["payment_method"]["card"] = CARD
+    monkeypatch.setattr(loader, "payment_method_id", lambda owner_type, owner_id: "pm-same")
+    before = snapshot(engine)
+    with pytest.raises(ScenarioError) as refused:
+        load_scenario(write(tmp_path, doc), engine, payments)
+    message = str(refused.value)
+    assert message.startswith("the database refused the write (")
+    assert message.endswith("; nothing was written")
+    assert "Sam" not in message and "Jo Poe" not in message and "example.com" not in message
+    assert snapshot(engine) == before
+    assert not {good, bad} & set(stripe_owners())
+
+
+def test_cards_need_stripe_but_a_file_without_cards_does_not(
+    engine: Engine, tmp_path: Path
+) -> None:
+    before = snapshot(engine)
+    with pytest.raises(PaymentsNotConfigured, match="STRIPE_API_KEY"):
+        load_scenario(write(tmp_path, first_doc()), engine, Payments())
+    assert snapshot(engine) == before
+    no_cards = first_doc()
+    del no_cards["clients"][0]["payment_method"]
+    summary = load_scenario(write(tmp_path, no_cards), engine, Payments())
+    assert summary == LoadSummary(1, 1, 1, 1, 0)
+    assert str(summary) == ("1 account, 1 billing contact, 1 client, 1 session, 0 payment methods")
