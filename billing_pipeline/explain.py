@@ -40,11 +40,15 @@ class UnknownClient(LookupError):
 
 def _minutes(n: int) -> str:
     if n == 0:
-        return "at once"
+        return "as soon as they are made"
     if n % 60 == 0:
         hours = n // 60
-        return f"{hours} hour{'s' if hours != 1 else ''} after it is created"
-    return f"{n} minutes after it is created"
+        return f"{hours} hour{'s' if hours != 1 else ''} after they are made"
+    return f"{n} minutes after they are made"
+
+
+def _sentence(text: str) -> str:
+    return text if text.endswith(".") else text + "."
 
 
 def explain(conn: Connection, client_id: str, night: date | None = None) -> str:
@@ -101,12 +105,26 @@ def explain(conn: Connection, client_id: str, night: date | None = None) -> str:
         cal.bills_instant(night, tz),
     )
     billed = billed_session_ids(conn, [s.id for s in sessions])
+    bill_of = (
+        dict(
+            conn.execute(
+                select(m.BillSession.session_id, m.Bill.night)
+                .join(m.Bill, m.Bill.id == m.BillSession.bill_id)
+                .where(m.BillSession.session_id.in_(list(billed)))
+            ).all()
+        )
+        if billed
+        else {}
+    )
     if sessions:
         lines.append("Sessions this night looks at (the 90 days up to the night):")
     for s in sessions:
         reason = why_not_eligible(s, tz, night, auto_bill=client.auto_bill, billed=s.id in billed)
         if reason is None:
             verdict = "billed tonight" if due else "waits for a night that makes bills"
+        elif s.id in bill_of:
+            made = bill_of[s.id]
+            verdict = "billed tonight" if made == night else f"billed by the night of {made}"
         else:
             verdict = "not billed: " + INELIGIBLE_WORDS[reason]
         if needs_cpt_flag(s, tz, night):
@@ -146,7 +164,7 @@ def explain(conn: Connection, client_id: str, night: date | None = None) -> str:
     payer_name = (
         contact_row.name if decision.payer_kind == "billing_contact" and contact_row else row.name
     )
-    lines.append(f"AutoPay: {decision.describe(payer_name)}.")
+    lines.append(_sentence(f"AutoPay: {decision.describe(payer_name)}"))
     if decision.runs and decision.card:
         block = retry_block(attempt_history(conn, client_id), decision.card.payment_method_id)
         if block != RetryBlock.NONE:

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command: sets up what it needs, then lint and the whole suite (SQLite and PostgreSQL,
+# localstripe, real Dagster runs). PostgreSQL must answer at 127.0.0.1:5432; its tests fail,
+# never skip, when it does not.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/setup.sh
+.venv/bin/ruff check billing_pipeline tests bench
+.venv/bin/ruff format --check billing_pipeline tests bench
+exec .venv/bin/pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
