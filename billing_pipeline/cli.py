@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from datetime import date
 from pathlib import Path
 
@@ -48,6 +49,8 @@ def _date(value: str, name: str) -> date:
 def main() -> None:
     """Nightly billing automation for therapy practices (a Dagster code location)."""
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Dagster's beta notices are for developers of this package, not for its users.
+    warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 
 
 @main.group()

@@ -1,6 +1,7 @@
 """eligible_sessions and resolved_settings: what a night will bill, and under which settings."""
 
 import warnings
+from datetime import timedelta
 
 import dagster as dg
 
@@ -14,12 +15,19 @@ from billing_pipeline.resources.database import BillingDatabase
 # `backfill_policy` is marked beta; we choose single-run backfills deliberately (README).
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
+# Some practice reaches midnight every hour or so; a chain step that has not run for 26 hours
+# means the schedules stopped, and the UI shows it as failing freshness.
+NIGHTLY_FRESHNESS = dg.FreshnessPolicy.time_window(
+    fail_window=timedelta(hours=26), warn_window=timedelta(hours=25)
+)
+
 NIGHTLY = {
     "partitions_def": service_dates,
     "group_name": "billing",
     "kinds": {"sql"},
     "backfill_policy": dg.BackfillPolicy.single_run(),
     "pool": "billing_nightly",
+    "freshness_policy": NIGHTLY_FRESHNESS,
 }
 
 
