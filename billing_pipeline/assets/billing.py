@@ -1,8 +1,13 @@
-"""bills, superbills and statements: the documents a night makes at 00:00."""
+"""bills and superbills: the documents a night makes at 00:00 (statements: assets/autopay.py)."""
 
 import dagster as dg
 
-from billing_pipeline.assets.common import for_each_night, summarize
+from billing_pipeline.assets.common import (
+    for_each_night,
+    practice_check,
+    practice_check_spec,
+    summarize,
+)
 from billing_pipeline.assets.sessions import NIGHTLY, resolved_settings
 from billing_pipeline.checks.invariants import bill_totals_match_lines
 from billing_pipeline.db.nightly import create_bills, create_superbills
@@ -13,7 +18,10 @@ from billing_pipeline.resources.database import BillingDatabase
 @dg.asset(
     **NIGHTLY,
     deps=[resolved_settings],
-    check_specs=[dg.AssetCheckSpec("bill_totals_match_lines", asset="bills", blocking=True)],
+    check_specs=[
+        dg.AssetCheckSpec("bill_totals_match_lines", asset="bills", blocking=True),
+        practice_check_spec("bills"),
+    ],
 )
 def bills(
     context: dg.AssetExecutionContext, db: BillingDatabase, clock: Clock
@@ -22,27 +30,33 @@ def bills(
     of the month for monthly ones, none for manual ones. A session already on a bill is never
     billed again; each bill's delivery is queued with it."""
     run_id = context.run.run_id
+    failed: dict[str, str] = {}
     figures = for_each_night(
         context,
         db,
         clock,
         "bills",
         lambda conn, p, night, at: create_bills(conn, p, night, at, run_id),
+        failed,
     )
     with db.engine.connect() as conn:
         check = bill_totals_match_lines(conn, sorted({f.night for f in figures}))
     return dg.MaterializeResult(
         metadata=summarize(figures, ["bills", "deliveries_queued", "not_due_yet"]),
-        check_results=[check],
+        check_results=[check, practice_check("bills", failed)],
     )
 
 
-@dg.asset(**NIGHTLY, deps=[resolved_settings])
+@dg.asset(**NIGHTLY, deps=[resolved_settings], check_specs=[practice_check_spec("superbills")])
 def superbills(
     context: dg.AssetExecutionContext, db: BillingDatabase, clock: Clock
 ) -> dg.MaterializeResult:
     """On the practice's superbill day (the month's last day when the month is shorter), a
     superbill for last month for each client with superbills on who had attended sessions
     with CPT codes in it. Bill creation does not change this day."""
-    figures = for_each_night(context, db, clock, "bills", create_superbills)
-    return dg.MaterializeResult(metadata=summarize(figures, ["superbills", "deliveries_queued"]))
+    failed: dict[str, str] = {}
+    figures = for_each_night(context, db, clock, "bills", create_superbills, failed)
+    return dg.MaterializeResult(
+        metadata=summarize(figures, ["superbills", "deliveries_queued"]),
+        check_results=[practice_check("superbills", failed)],
+    )

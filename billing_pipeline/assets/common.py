@@ -32,34 +32,83 @@ def run_accounts(context: dg.AssetExecutionContext, db: BillingDatabase) -> list
         return list_accounts(conn, ids)
 
 
+def for_each_practice_night(
+    context: dg.AssetExecutionContext,
+    db: BillingDatabase,
+    clock: Clock,
+    step: str,
+    work: Callable[[AccountView, date, datetime], NightFigures],
+    failed: dict[str, str],
+) -> list[NightFigures]:
+    """Run `work` for every (night, practice) of the run, night by night in order. A practice
+    whose step time has not come yet is left for its own tick. One practice's failure does not
+    stop the others: its later nights are skipped, the rest run, and `failed` names it (ids
+    only) for the `every_practice_done` check, loud in the UI."""
+    accounts = run_accounts(context, db)
+    figures: list[NightFigures] = []
+    for night in run_nights(context):
+        for account in accounts:
+            if account.id in failed:
+                continue
+            try:
+                scheduled = step_instant(night, account.timezone, step)
+                if not clock.is_due(scheduled, account.timezone):
+                    skipped = NightFigures(account.id, night)
+                    skipped.add("not_due_yet")
+                    figures.append(skipped)
+                    continue
+                figures.append(work(account, night, clock.stamp(scheduled)))
+            except Exception as exc:
+                # The exception's text may quote row values: only its type is logged.
+                failed[account.id] = f"{night}: {type(exc).__name__}"
+                context.log.error(
+                    f"practice {account.id} night {night} failed ({type(exc).__name__}); "
+                    "its work was rolled back, other practices go on"
+                )
+    return figures
+
+
 def for_each_night(
     context: dg.AssetExecutionContext,
     db: BillingDatabase,
     clock: Clock,
     step: str,
     work: NightWork,
+    failed: dict[str, str],
 ) -> list[NightFigures]:
-    """Run `work` for every (night, practice) of the run, night by night in order, each in one
-    transaction. A practice whose step time has not come yet is left for its own tick."""
-    accounts = run_accounts(context, db)
-    figures: list[NightFigures] = []
-    for night in run_nights(context):
-        for account in accounts:
-            scheduled = step_instant(night, account.timezone, step)
-            if not clock.is_due(scheduled, account.timezone):
-                skipped = NightFigures(account.id, night)
-                skipped.add("not_due_yet")
-                figures.append(skipped)
-                continue
-            at = clock.stamp(scheduled)
+    """`for_each_practice_night` with each practice's night in one transaction."""
 
-            def one(
-                conn: Connection, account_id: str = account.id, n: date = night, t: datetime = at
-            ) -> NightFigures:
-                return work(conn, load_practice(conn, account_id), n, t)
+    def in_transaction(account: AccountView, night: date, at: datetime) -> NightFigures:
+        return db.transact(lambda conn: work(conn, load_practice(conn, account.id), night, at))
 
-            figures.append(db.transact(one))
-    return figures
+    return for_each_practice_night(context, db, clock, step, in_transaction, failed)
+
+
+EVERY_PRACTICE_DONE = "every_practice_done"
+
+
+def practice_check_spec(asset: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        EVERY_PRACTICE_DONE,
+        asset=asset,
+        description="Every practice's night was done; a practice whose data broke the step "
+        "is named here (the other practices went on).",
+    )
+
+
+def practice_check(asset: str, failed: dict[str, str]) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=EVERY_PRACTICE_DONE,
+        asset_key=asset,
+        passed=not failed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"failed_practices": dg.MetadataValue.json(failed)},
+        description=(
+            "failed: " + ", ".join(f"{a} ({why})" for a, why in sorted(failed.items()))
+            if failed
+            else "every practice done"
+        ),
+    )
 
 
 def dollars(cents: int) -> str:

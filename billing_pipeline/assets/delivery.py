@@ -4,7 +4,12 @@ import dagster as dg
 
 from billing_pipeline.assets.autopay import autopay_attempts, statements
 from billing_pipeline.assets.billing import superbills
-from billing_pipeline.assets.common import for_each_night, summarize
+from billing_pipeline.assets.common import (
+    for_each_night,
+    practice_check,
+    practice_check_spec,
+    summarize,
+)
 from billing_pipeline.assets.sessions import NIGHTLY
 from billing_pipeline.checks.invariants import deliveries_never_early
 from billing_pipeline.db.nightly import release_deliveries
@@ -15,7 +20,10 @@ from billing_pipeline.resources.database import BillingDatabase
 @dg.asset(
     **NIGHTLY,
     deps=[autopay_attempts, superbills, statements],
-    check_specs=[dg.AssetCheckSpec("deliveries_never_early", asset="delivery_queue")],
+    check_specs=[
+        dg.AssetCheckSpec("deliveries_never_early", asset="delivery_queue"),
+        practice_check_spec("delivery_queue"),
+    ],
 )
 def delivery_queue(
     context: dg.AssetExecutionContext, db: BillingDatabase, clock: Clock
@@ -23,12 +31,14 @@ def delivery_queue(
     """The night's bills, superbills and statements queued for sharing, each at its creation
     time plus the client's delay. Bills due after AutoPay were held until AutoPay ran; this
     releases them. The `deliver_due_documents` sensor shares what falls due."""
+    failed: dict[str, str] = {}
     figures = for_each_night(
         context,
         db,
         clock,
         "autopay",
         lambda conn, p, night, _at: release_deliveries(conn, p.account.id, night),
+        failed,
     )
     with db.engine.connect() as conn:
         check = deliveries_never_early(conn)
@@ -42,5 +52,5 @@ def delivery_queue(
                 "released_after_autopay",
             ],
         ),
-        check_results=[check],
+        check_results=[check, practice_check("delivery_queue", failed)],
     )

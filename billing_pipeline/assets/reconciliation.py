@@ -1,0 +1,76 @@
+"""payment_reconciliations: finance's nightly comparison of Stripe with our payment rows."""
+
+import dagster as dg
+
+from billing_pipeline.assets.autopay import autopay_attempts
+from billing_pipeline.assets.common import run_accounts, run_nights
+from billing_pipeline.assets.sessions import NIGHTLY
+from billing_pipeline.resources.database import BillingDatabase
+from billing_pipeline.resources.payments import Payments
+from billing_pipeline.services.autopay import ledger_drift
+
+CHECK = "stripe_charges_match_payments"
+
+
+@dg.asset(
+    **NIGHTLY,
+    deps=[autopay_attempts],
+    check_specs=[
+        dg.AssetCheckSpec(
+            CHECK,
+            asset="payment_reconciliations",
+            description="Stripe's succeeded AutoPay charges and our payment rows agree, night "
+            "by night: no charge we do not know, no payment Stripe does not have, no amount "
+            "that differs, no attempt charged twice.",
+        )
+    ],
+)
+def payment_reconciliations(
+    context: dg.AssetExecutionContext, db: BillingDatabase, payments: Payments
+) -> dg.MaterializeResult:
+    """For each night of the run, the succeeded PaymentIntents in Stripe that carry our AutoPay
+    metadata against the payments we recorded for that night's attempts. Any drift fails the
+    check and is logged as an error, with Stripe and attempt ids only (never a name)."""
+    nights = run_nights(context)
+    accounts = [a.id for a in run_accounts(context, db)]
+    drift = ledger_drift(db, payments, accounts, nights)
+    totals: dict[str, int] = {}
+    per_night: dict[str, dict[str, int]] = {}
+    details: dict[str, dict[str, list[str]]] = {}
+    for night, d in drift.items():
+        per_night[night.isoformat()] = d.counts()
+        for key, n in d.counts().items():
+            totals[key] = totals.get(key, 0) + n
+        if not d.clean:
+            details[night.isoformat()] = {
+                "unknown_charges": list(d.unknown_charges),
+                "missing_in_stripe": list(d.missing_in_stripe),
+                "amount_mismatches": list(d.amount_mismatches),
+                "charged_twice_attempt_ids": list(d.charged_twice),
+            }
+            context.log.error(
+                f"Stripe and our payments disagree for night {night}: {d.counts()} "
+                f"(PaymentIntents / attempts: {details[night.isoformat()]})"
+            )
+    drifted = sorted(details)
+    return dg.MaterializeResult(
+        metadata={
+            "nights": dg.MetadataValue.int(len(nights)),
+            "nights_with_drift": dg.MetadataValue.int(len(drifted)),
+            **{key: dg.MetadataValue.int(n) for key, n in sorted(totals.items())},
+            "per_night": dg.MetadataValue.json(per_night),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=CHECK,
+                asset_key="payment_reconciliations",
+                passed=not drifted,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={
+                    "nights_with_drift": dg.MetadataValue.json(drifted),
+                    "drift": dg.MetadataValue.json(details),
+                },
+                description="drift on " + ", ".join(drifted) if drifted else "no drift",
+            )
+        ],
+    )
