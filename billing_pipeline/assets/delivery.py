@@ -50,6 +50,7 @@ def delivery_queue(
                 "superbill_deliveries",
                 "statement_deliveries",
                 "released_after_autopay",
+                "held_autopay_not_run",
             ],
         ),
         check_results=[check, practice_check("delivery_queue", failed)],

@@ -467,8 +467,21 @@ def create_statements(
 
 
 def release_deliveries(conn: Connection, account_id: str, night: date) -> NightFigures:
-    """After the night's AutoPay: bills held for it may now be shared."""
+    """After the night's AutoPay: bills held for it may now be shared. If that AutoPay did not
+    run (it failed, or was skipped), they stay held: a bill is never shared before AutoPay."""
     figures = NightFigures(account_id, night)
+    if not step_done(conn, account_id, night, "autopay"):
+        held = conn.execute(
+            select(func.count()).where(
+                and_(
+                    m.Delivery.account_id == account_id,
+                    m.Delivery.night == night,
+                    m.Delivery.wait_for_autopay.is_(True),
+                )
+            )
+        ).scalar_one()
+        figures.add("held_autopay_not_run", int(held))
+        return figures
     released = conn.execute(
         update(m.Delivery.__table__)
         .where(
