@@ -5,6 +5,7 @@ import dagster as dg
 from billing_pipeline.assets.autopay import autopay_attempts, statements
 from billing_pipeline.assets.billing import bills, superbills
 from billing_pipeline.assets.delivery import delivery_queue
+from billing_pipeline.assets.reconciliation import payment_reconciliations
 from billing_pipeline.assets.sessions import eligible_sessions, resolved_settings
 from billing_pipeline.jobs import (
     autopay_job,
@@ -31,6 +32,7 @@ defs = dg.Definitions(
         autopay_attempts,
         statements,
         delivery_queue,
+        payment_reconciliations,
     ],
     jobs=[nightly_billing_job, autopay_job, nightly_chain_job, deliver_documents_job],
     schedules=[nightly_billing_schedule, autopay_schedule],

@@ -9,11 +9,20 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import Connection, select
 
 from billing_pipeline.db import models as m
-from billing_pipeline.db.autopay import attempt_history
+from billing_pipeline.db.autopay import AttemptForStaff, attempt_history, attempts_for_staff
 from billing_pipeline.db.nightly import decide_autopay
 from billing_pipeline.db.store import billed_session_ids, load_practice, load_sessions
 from billing_pipeline.domain import calendar as cal
-from billing_pipeline.domain.autopay import RETRY_WORDS, RetryBlock, retry_block
+from billing_pipeline.domain.autopay import (
+    MAX_DECLINES_IN_A_ROW,
+    RETRY_WORDS,
+    Outcome,
+    PastAttempt,
+    RetryBlock,
+    Unsent,
+    declines_in_a_row,
+    retry_block,
+)
 from billing_pipeline.domain.billing import bills_due
 from billing_pipeline.domain.documents import statement_month, superbill_month
 from billing_pipeline.domain.sessions import INELIGIBLE_WORDS, needs_cpt_flag, why_not_eligible
@@ -24,14 +33,60 @@ from billing_pipeline.domain.settings import (
     short_name,
 )
 
-OUTCOME_WORDS = {
-    "succeeded": "charged successfully; the bills it covered are paid",
-    "declined": "declined by the card issuer",
-    "requires_action": "the bank asked for the cardholder's authentication, which AutoPay "
-    "cannot give while nobody is there; it is not retried on this card",
-    "error": "Stripe could not be reached; no money is known to have moved",
-    "pending": "sent to Stripe, outcome not yet known; the next run reconciles it",
+# Why an attempt is still pending (the code we noted) or ended as an error, for staff.
+UNKNOWN_WORDS = {
+    "stripe_unreachable": "Stripe did not answer in time",
+    "stripe_server_error": "Stripe answered with a server error",
+    "rate_limited": "Stripe asked us to slow down (429)",
+    "stripe_processing": "Stripe is still processing the payment",
 }
+NOT_SENT_WORDS = {
+    Unsent.AUTOPAY_NO_LONGER_RUNS.value: "AutoPay no longer runs for this client",
+    Unsent.PAYMENT_METHOD_CHANGED.value: "the payment method changed since",
+    Unsent.BALANCE_CHANGED.value: "the bills it covered changed since",
+}
+
+
+def _attempt_words(a: AttemptForStaff, declines: int, payment_method_now: str | None) -> str:
+    """Why one AutoPay attempt ended as it did, in words for staff."""
+    card = f"the {a.brand} card ending {a.last4}"
+    code = a.failure_code
+    if a.status == "succeeded":
+        return f"charged successfully on {card}; the bills it covered are paid"
+    if a.status == "declined":
+        then = (
+            "AutoPay stops charging this card until the payment method is replaced"
+            if declines >= MAX_DECLINES_IN_A_ROW
+            else "AutoPay tries again on the next night while a balance remains"
+        )
+        return (
+            f"declined by the card issuer ({code or 'card_declined'}) on {card}; decline "
+            f"{declines} of {MAX_DECLINES_IN_A_ROW} in a row on this card, so {then}"
+        )
+    if a.status == "requires_action":
+        words = (
+            f"the bank asked for the cardholder's authentication on {card}, which AutoPay "
+            "cannot give while nobody is there; it is not retried until the payment method "
+            "is replaced"
+        )
+        if payment_method_now and payment_method_now != a.payment_method_id:
+            words += " (it has been replaced since)"
+        return words
+    if a.status == "pending":
+        why = UNKNOWN_WORDS.get(code or "", "the run that sent it stopped, or is still running")
+        return (
+            f"outcome not known yet ({why}); the next run asks Stripe before anything is "
+            "charged again"
+        )
+    # error
+    if code in NOT_SENT_WORDS:
+        return (
+            "Stripe never received it (Stripe did not answer, or the run stopped first) and it "
+            f"was not sent again because {NOT_SENT_WORDS[code]}; no money moved"
+        )
+    if code == "payment_intent_canceled":
+        return "the payment was canceled in Stripe; no money moved"
+    return f"Stripe refused the request ({code or 'unknown'}); no money moved"
 
 
 class UnknownClient(LookupError):
@@ -180,18 +235,18 @@ def explain(conn: Connection, client_id: str, night: date | None = None) -> str:
         )
     )
 
-    attempts = conn.execute(
-        select(m.AutopayAttempt.__table__)
-        .where(m.AutopayAttempt.client_id == client_id)
-        .order_by(m.AutopayAttempt.attempted_at, m.AutopayAttempt.id)
-    ).all()
+    attempts = attempts_for_staff(conn, client_id)
     if attempts:
         lines.append("AutoPay attempts:")
-    for a in attempts:
+    streaks = declines_in_a_row(
+        [PastAttempt(a.night, a.payment_method_id, Outcome(a.status)) for a in attempts]
+    )
+    payment_method_now = decision.card.payment_method_id if decision.card else None
+    for a, declines in zip(attempts, streaks, strict=True):
         local = a.attempted_at.astimezone(cal.zone(tz))
-        code = f" ({a.failure_code})" if a.failure_code and a.status != "succeeded" else ""
         lines.append(
             f"  {local:%Y-%m-%d %H:%M} for night {a.night}: ${a.amount_cents / 100:,.2f} "
-            f"from the {a.payer.replace('_', ' ')}: {OUTCOME_WORDS[a.status]}{code}"
+            f"from the {a.payer.replace('_', ' ')}: "
+            f"{_attempt_words(a, declines, payment_method_now)}"
         )
     return "\n".join(lines)

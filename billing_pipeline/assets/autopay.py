@@ -29,10 +29,10 @@ UNKNOWN_OUTCOMES = ("left_pending_for_reconciliation", "reconcile_stripe_unavail
 class AutopayConfig(dg.Config):
     """How long a pending attempt is left to the run that claimed it before reconciliation
     settles it with Stripe. Keep it above the longest a charge can take (Payments'
-    `max_call_seconds()`, ~3 minutes with the defaults), or reconciliation could send again
+    `max_call_seconds()`, ~5 minutes with the defaults), or reconciliation could send again
     a charge a live run is still waiting on. Tests that kill a run set it to 0."""
 
-    reconcile_after_seconds: int = Field(default=300, ge=0)
+    reconcile_after_seconds: int = Field(default=600, ge=0)
 
 
 @dg.asset(

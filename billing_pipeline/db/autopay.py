@@ -3,19 +3,21 @@
 The claim is structural: the attempt row carries the deterministic idempotency key (unique),
 and a partial unique index allows one `pending` attempt per client. Two runs of the same
 night, or a backfill beside the schedule, cannot both charge a client: one insert wins, the
-other finds the key or the pending attempt and stands back.
+other finds the key or the pending attempt and stands back. A pending attempt left by a
+crash is taken over by one reconciling run only (compare and set on its claim time).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from enum import StrEnum
 
 from sqlalchemy import Connection, and_, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from billing_pipeline.db import models as m
-from billing_pipeline.domain.autopay import Outcome, PastAttempt
+from billing_pipeline.domain.autopay import LedgerEntry, Outcome, PastAttempt, charge_amount
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,8 @@ class OpenBill:
 
 @dataclass(frozen=True)
 class ClaimedAttempt:
+    """A pending attempt as a charge sends it: the stored amount, key and card."""
+
     id: int
     client_id: str
     idempotency_key: str
@@ -33,6 +37,9 @@ class ClaimedAttempt:
     stripe_customer_id: str
     stripe_payment_method_id: str
     bill_ids: tuple[int, ...]
+    account_id: str
+    night: date
+    payment_method_id: str
 
 
 def open_bills(conn: Connection, client_id: str, created_up_to: datetime) -> list[OpenBill]:
@@ -89,6 +96,15 @@ def attempt_exists(conn: Connection, key: str) -> bool:
     )
 
 
+class ClaimRefused(StrEnum):
+    TAKEN = "claimed_by_another_run"
+    BILLS_CHANGED = "bills_changed_during_claim"
+
+
+class _BillsChanged(Exception):
+    pass
+
+
 def claim_attempt(
     conn: Connection,
     *,
@@ -101,10 +117,17 @@ def claim_attempt(
     payment_method_id: str,
     bills: list[OpenBill],
     attempted_at: datetime,
-) -> ClaimedAttempt | None:
-    """Insert the pending attempt and the bills it covers; None when another run holds the
-    key or an attempt in flight for this client. The caller commits before calling Stripe."""
-    amount = sum(b.amount_cents for b in bills)
+) -> ClaimedAttempt | ClaimRefused:
+    """Insert the pending attempt and the bills it covers, or say why not: another run holds
+    the key or an attempt in flight for this client, or the bills changed since they were
+    read. The caller commits before calling Stripe.
+
+    Why the check after the insert: the bills were read before it, and another run may have
+    recorded a success for them in between. Our insert waits for any such run (the pending
+    attempt it replaced sits in the same unique index), so a fresh read after it sees the
+    bills as they are now; on PostgreSQL each statement of a READ COMMITTED transaction does.
+    """
+    amount = charge_amount([b.amount_cents for b in bills])
     try:
         with conn.begin_nested():
             attempt_id = conn.execute(
@@ -128,21 +151,77 @@ def claim_attempt(
                 insert(m.AutopayAttemptBill.__table__),
                 [{"attempt_id": attempt_id, "bill_id": b.id} for b in bills],
             )
+            if not _bills_still_claimable(conn, attempt_id, bills):
+                raise _BillsChanged
     except IntegrityError:
-        return None
-    pm = conn.execute(
-        select(m.PaymentMethod.stripe_customer_id, m.PaymentMethod.stripe_payment_method_id).where(
-            m.PaymentMethod.id == payment_method_id
+        return ClaimRefused.TAKEN
+    except _BillsChanged:
+        return ClaimRefused.BILLS_CHANGED
+    claimed = claimed_attempt(conn, attempt_id)
+    assert claimed is not None
+    return claimed
+
+
+def _bills_still_claimable(conn: Connection, attempt_id: int, bills: list[OpenBill]) -> bool:
+    ids = [b.id for b in bills]
+    now = {
+        r.id: (r.status, r.amount_cents)
+        for r in conn.execute(
+            select(m.Bill.id, m.Bill.status, m.Bill.amount_cents).where(m.Bill.id.in_(ids))
         )
-    ).one()
+    }
+    if any(now.get(b.id) != ("open", b.amount_cents) for b in bills):
+        return False
+    other = conn.execute(
+        select(m.AutopayAttemptBill.bill_id)
+        .join(m.AutopayAttempt, m.AutopayAttempt.id == m.AutopayAttemptBill.attempt_id)
+        .where(
+            and_(
+                m.AutopayAttemptBill.bill_id.in_(ids),
+                m.AutopayAttempt.id != attempt_id,
+                m.AutopayAttempt.status.in_([Outcome.PENDING.value, Outcome.SUCCEEDED.value]),
+            )
+        )
+        .limit(1)
+    ).first()
+    return other is None
+
+
+def claimed_attempt(conn: Connection, attempt_id: int) -> ClaimedAttempt | None:
+    """What a charge of this attempt sends: its stored amount, key and card."""
+    row = conn.execute(
+        select(
+            m.AutopayAttempt.id,
+            m.AutopayAttempt.account_id,
+            m.AutopayAttempt.client_id,
+            m.AutopayAttempt.night,
+            m.AutopayAttempt.idempotency_key,
+            m.AutopayAttempt.amount_cents,
+            m.AutopayAttempt.payment_method_id,
+            m.PaymentMethod.stripe_customer_id,
+            m.PaymentMethod.stripe_payment_method_id,
+        )
+        .join(m.PaymentMethod, m.PaymentMethod.id == m.AutopayAttempt.payment_method_id)
+        .where(m.AutopayAttempt.id == attempt_id)
+    ).first()
+    if row is None:
+        return None
+    bill_ids = conn.execute(
+        select(m.AutopayAttemptBill.bill_id)
+        .where(m.AutopayAttemptBill.attempt_id == attempt_id)
+        .order_by(m.AutopayAttemptBill.bill_id)
+    ).scalars()
     return ClaimedAttempt(
-        attempt_id,
-        client_id,
-        key,
-        amount,
-        pm.stripe_customer_id,
-        pm.stripe_payment_method_id,
-        tuple(b.id for b in bills),
+        id=row.id,
+        client_id=row.client_id,
+        idempotency_key=row.idempotency_key,
+        amount_cents=row.amount_cents,
+        stripe_customer_id=row.stripe_customer_id,
+        stripe_payment_method_id=row.stripe_payment_method_id,
+        bill_ids=tuple(bill_ids),
+        account_id=row.account_id,
+        night=row.night,
+        payment_method_id=row.payment_method_id,
     )
 
 
@@ -177,8 +256,9 @@ def record_outcome(
         .values(
             status=outcome.value,
             failure_code=failure_code,
-            stripe_payment_intent_id=payment_intent_id,
             completed_at=at,
+            # Keep an id learnt earlier when this answer carries none (a localstripe decline).
+            **({"stripe_payment_intent_id": payment_intent_id} if payment_intent_id else {}),
         )
     ).rowcount
     if not changed:
@@ -212,28 +292,152 @@ def record_outcome(
 class PendingAttempt:
     id: int
     client_id: str
+    night: date
+    idempotency_key: str
+    payment_method_id: str
+    stripe_customer_id: str
+    amount_cents: int
     stripe_payment_intent_id: str | None
     attempted_at: datetime
     claimed_at: datetime
 
 
 def pending_attempts(conn: Connection, account_id: str | None = None) -> list[PendingAttempt]:
-    query = select(m.AutopayAttempt.__table__).where(
-        m.AutopayAttempt.status == Outcome.PENDING.value
+    """Attempts whose outcome we have not written, oldest first."""
+    a = m.AutopayAttempt
+    query = (
+        select(
+            a.id,
+            a.client_id,
+            a.night,
+            a.idempotency_key,
+            a.payment_method_id,
+            m.PaymentMethod.stripe_customer_id,
+            a.amount_cents,
+            a.stripe_payment_intent_id,
+            a.attempted_at,
+            a.claimed_at,
+        )
+        .join(m.PaymentMethod, m.PaymentMethod.id == a.payment_method_id)
+        .where(a.status == Outcome.PENDING.value)
     )
     if account_id is not None:
-        query = query.where(m.AutopayAttempt.account_id == account_id)
+        query = query.where(a.account_id == account_id)
+    return [PendingAttempt(**r._asdict()) for r in conn.execute(query.order_by(a.id))]
+
+
+def take_over(conn: Connection, attempt: PendingAttempt, now: datetime) -> bool:
+    """Take a stale pending attempt for reconciliation: only one run can, because the claim
+    time must still be the one we read (compare and set)."""
+    return bool(
+        conn.execute(
+            update(m.AutopayAttempt.__table__)
+            .where(
+                and_(
+                    m.AutopayAttempt.id == attempt.id,
+                    m.AutopayAttempt.status == Outcome.PENDING.value,
+                    m.AutopayAttempt.claimed_at == attempt.claimed_at,
+                )
+            )
+            .values(claimed_at=now)
+        ).rowcount
+    )
+
+
+def open_amounts_of_covered_bills(conn: Connection, attempt_id: int) -> tuple[int, list[int]]:
+    """(how many bills the attempt covers, the amounts of those still open)."""
+    rows = conn.execute(
+        select(m.Bill.status, m.Bill.amount_cents)
+        .join(m.AutopayAttemptBill, m.AutopayAttemptBill.bill_id == m.Bill.id)
+        .where(m.AutopayAttemptBill.attempt_id == attempt_id)
+    ).all()
+    return len(rows), [r.amount_cents for r in rows if r.status == "open"]
+
+
+def note_unknown(
+    conn: Connection, attempt_id: int, payment_intent_id: str | None, reason: str | None
+) -> None:
+    """An attempt whose outcome is still unknown: keep what we learnt (the PaymentIntent id,
+    if Stripe gave one, and why we do not know) for reconciliation and for `explain`."""
+    values: dict[str, object] = {"failure_code": reason}
+    if payment_intent_id:
+        values["stripe_payment_intent_id"] = payment_intent_id
+    conn.execute(
+        update(m.AutopayAttempt.__table__)
+        .where(
+            and_(
+                m.AutopayAttempt.id == attempt_id,
+                m.AutopayAttempt.status == Outcome.PENDING.value,
+            )
+        )
+        .values(**values)
+    )
+
+
+# --- Finance -----------------------------------------------------------------------------------
+
+
+def recorded_payments(
+    conn: Connection, account_ids: list[str], nights: list[date]
+) -> list[LedgerEntry]:
+    """Our payment rows for these practices' nights, as ledger entries."""
+    rows = conn.execute(
+        select(
+            m.Payment.stripe_payment_intent_id,
+            m.Payment.attempt_id,
+            m.AutopayAttempt.night,
+            m.Payment.amount_cents,
+        )
+        .join(m.AutopayAttempt, m.AutopayAttempt.id == m.Payment.attempt_id)
+        .where(and_(m.Payment.account_id.in_(account_ids), m.AutopayAttempt.night.in_(nights)))
+    )
     return [
-        PendingAttempt(r.id, r.client_id, r.stripe_payment_intent_id, r.attempted_at, r.claimed_at)
-        for r in conn.execute(query.order_by(m.AutopayAttempt.id))
+        LedgerEntry(r.stripe_payment_intent_id, str(r.attempt_id), r.night, r.amount_cents)
+        for r in rows
     ]
 
 
-def remember_intent(conn: Connection, attempt_id: int, payment_intent_id: str | None) -> None:
-    """Keep the PaymentIntent id of an attempt whose outcome is still unknown."""
-    if payment_intent_id:
+def stripe_customers(conn: Connection, account_ids: list[str]) -> set[str]:
+    """The Stripe customers of these practices' cards on file."""
+    return set(
         conn.execute(
-            update(m.AutopayAttempt.__table__)
-            .where(m.AutopayAttempt.id == attempt_id)
-            .values(stripe_payment_intent_id=payment_intent_id)
+            select(m.PaymentMethod.stripe_customer_id).where(
+                m.PaymentMethod.account_id.in_(account_ids)
+            )
+        ).scalars()
+    )
+
+
+@dataclass(frozen=True)
+class AttemptForStaff:
+    night: date
+    attempted_at: datetime
+    amount_cents: int
+    payer: str
+    status: str
+    failure_code: str | None
+    payment_method_id: str
+    brand: str
+    last4: str
+
+
+def attempts_for_staff(conn: Connection, client_id: str) -> list[AttemptForStaff]:
+    """A client's attempts in order, with the card each used (brand and last 4 only)."""
+    a = m.AutopayAttempt
+    rows = conn.execute(
+        select(
+            a.night,
+            a.attempted_at,
+            a.amount_cents,
+            a.payer,
+            a.status,
+            a.failure_code,
+            a.payment_method_id,
+            m.PaymentMethod.brand,
+            m.PaymentMethod.last4,
         )
+        .join(m.PaymentMethod, m.PaymentMethod.id == a.payment_method_id)
+        .where(a.client_id == client_id)
+        .order_by(a.attempted_at, a.id)
+    )
+    return [AttemptForStaff(**r._asdict()) for r in rows]

@@ -1,4 +1,5 @@
-"""AutoPay's own rules: the attempt key, the retry policy, the amount."""
+"""AutoPay's own rules: the attempt key, the retry policy, the amount, what to do with an
+attempt Stripe never saw, and how finance compares our payments with Stripe's charges."""
 
 from __future__ import annotations
 
@@ -85,3 +86,121 @@ def charge_amount(open_bill_amounts: Sequence[int]) -> int:
     if any(not isinstance(a, int) or isinstance(a, bool) or a < 0 for a in open_bill_amounts):
         raise ValueError("bill amounts must be non-negative integer cents")
     return sum(open_bill_amounts)
+
+
+# --- An attempt Stripe never saw --------------------------------------------------------------
+
+
+class Unsent(StrEnum):
+    """What reconciliation does with a pending attempt that Stripe has no PaymentIntent for
+    (the run died, or Stripe never answered, before the charge reached it): no money moved."""
+
+    RESEND = "resend"
+    AUTOPAY_NO_LONGER_RUNS = "not_sent_autopay_off"
+    PAYMENT_METHOD_CHANGED = "not_sent_payment_method_changed"
+    BALANCE_CHANGED = "not_sent_balance_changed"
+
+
+def unsent_attempt(
+    *,
+    autopay_runs: bool,
+    payment_method_tonight: str | None,
+    attempt_payment_method: str,
+    stored_amount_cents: int,
+    covered_bills: int,
+    open_amounts_of_covered_bills: Sequence[int],
+) -> Unsent:
+    """Send it now, with the same key and the stored amount, only while nothing it was claimed
+    on has changed: AutoPay still runs for the client, on the same card, and every bill it
+    covers is still open with the same total. Otherwise it is closed (as an error: no money
+    moved) and the next claim starts from the open balance as it is then. So a charge never
+    exceeds the open balance of the bills it covers."""
+    if not autopay_runs:
+        return Unsent.AUTOPAY_NO_LONGER_RUNS
+    if payment_method_tonight != attempt_payment_method:
+        return Unsent.PAYMENT_METHOD_CHANGED
+    if (
+        len(open_amounts_of_covered_bills) != covered_bills
+        or charge_amount(open_amounts_of_covered_bills) != stored_amount_cents
+    ):
+        return Unsent.BALANCE_CHANGED
+    return Unsent.RESEND
+
+
+# --- Finance: our payments against Stripe's charges ------------------------------------------
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One succeeded charge, as Stripe or as our payment rows know it (ids and cents only)."""
+
+    payment_intent_id: str
+    attempt_id: str
+    night: date | None
+    amount_cents: int
+
+
+@dataclass(frozen=True)
+class LedgerDrift:
+    """Where Stripe and our payment rows disagree for a night."""
+
+    unknown_charges: tuple[str, ...] = ()  # succeeded in Stripe, no payment row of ours
+    missing_in_stripe: tuple[str, ...] = ()  # a payment row Stripe has no succeeded charge for
+    amount_mismatches: tuple[str, ...] = ()  # both know it, with different amounts
+    charged_twice: tuple[str, ...] = ()  # attempt ids with more than one succeeded charge
+
+    @property
+    def clean(self) -> bool:
+        return not (
+            self.unknown_charges
+            or self.missing_in_stripe
+            or self.amount_mismatches
+            or self.charged_twice
+        )
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "unknown_charges": len(self.unknown_charges),
+            "missing_in_stripe": len(self.missing_in_stripe),
+            "amount_mismatches": len(self.amount_mismatches),
+            "charged_twice": len(self.charged_twice),
+        }
+
+
+def compare_ledgers(stripe: Sequence[LedgerEntry], ours: Sequence[LedgerEntry]) -> LedgerDrift:
+    """Stripe's succeeded charges carrying our metadata against our payment rows, matched by
+    PaymentIntent id. Any difference is drift that finance must see."""
+    by_intent = {e.payment_intent_id: e for e in stripe}
+    ours_by_intent = {e.payment_intent_id: e for e in ours}
+    per_attempt: dict[str, int] = {}
+    for e in stripe:
+        per_attempt[e.attempt_id] = per_attempt.get(e.attempt_id, 0) + 1
+    return LedgerDrift(
+        unknown_charges=tuple(sorted(set(by_intent) - set(ours_by_intent))),
+        missing_in_stripe=tuple(sorted(set(ours_by_intent) - set(by_intent))),
+        amount_mismatches=tuple(
+            sorted(
+                pi
+                for pi in set(by_intent) & set(ours_by_intent)
+                if by_intent[pi].amount_cents != ours_by_intent[pi].amount_cents
+            )
+        ),
+        charged_twice=tuple(sorted(a for a, n in per_attempt.items() if n > 1)),
+    )
+
+
+def declines_in_a_row(history: Sequence[PastAttempt]) -> list[int]:
+    """For each attempt in the order given, the declines in a row on its card up to and
+    including it (0 when it was not a decline), counted as `retry_block` counts them: errors
+    and pending attempts neither count nor break the run."""
+    streak: dict[str, int] = {}
+    out = []
+    for a in history:
+        if a.outcome == Outcome.DECLINED:
+            streak[a.payment_method_id] = streak.get(a.payment_method_id, 0) + 1
+            out.append(streak[a.payment_method_id])
+            continue
+        if a.outcome in (Outcome.SUCCEEDED, Outcome.REQUIRES_ACTION):
+            streak[a.payment_method_id] = 0
+        out.append(0)
+    return out

@@ -3,6 +3,12 @@
 The resource adapts Stripe to what AutoPay needs: register a card, charge an attempt with our
 own deterministic idempotency key, and find out what happened to an attempt whose outcome we
 never recorded. It returns frozen results; it never raises for a decline.
+
+Two facts shape the charge loop. localstripe ignores `Idempotency-Key` (Stripe honours it), so
+after a failure that may have reached Stripe (a timeout, a dropped connection, a 5xx) we look
+for the attempt's PaymentIntent before sending again: the guarantee comes from our records and
+Stripe's state, not from the header. And localstripe has no Search and no `customer=` or
+`created` filter on PaymentIntents, so lookups list and filter on our metadata.
 """
 
 from __future__ import annotations
@@ -11,9 +17,11 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import date
+from typing import TypeVar
 
 import dagster as dg
 import stripe
@@ -21,9 +29,26 @@ from pydantic import Field, PrivateAttr
 
 from billing_pipeline.domain.autopay import Outcome
 
+T = TypeVar("T")
+
+# Metadata keys we put on every PaymentIntent: ids only, never a name (no PHI in Stripe).
+META_ATTEMPT = "attempt_id"
+META_KEY = "idempotency_key"
+META_CLIENT = "client_id"
+META_ACCOUNT = "account_id"
+META_NIGHT = "night"
+
+
+# Guards the lazy creation of each resource's client (the pool's threads share it).
+_CLIENT_LOCK = threading.Lock()
+
 
 class PaymentsNotConfigured(RuntimeError):
     """No Stripe key: AutoPay and card registration cannot run."""
+
+
+class StripeUnavailable(RuntimeError):
+    """Stripe did not answer a lookup (network, 5xx, 429) after our retries."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +69,21 @@ class ChargeRequest:
     stripe_customer_id: str
     stripe_payment_method_id: str
     amount_cents: int
+    account_id: str = ""
+    night: date | None = None
     currency: str = "usd"
+
+    def metadata(self) -> dict[str, str]:
+        meta = {
+            META_ATTEMPT: str(self.attempt_id),
+            META_KEY: self.idempotency_key,
+            META_CLIENT: self.client_id,
+        }
+        if self.account_id:
+            meta[META_ACCOUNT] = self.account_id
+        if self.night is not None:
+            meta[META_NIGHT] = self.night.isoformat()
+        return meta
 
 
 @dataclass(frozen=True)
@@ -55,8 +94,30 @@ class ChargeResult:
     failure_code: str | None
 
 
+@dataclass(frozen=True)
+class IntentState:
+    """A PaymentIntent as reconciliation needs it."""
+
+    id: str
+    status: str
+    outcome: Outcome
+    failure_code: str | None
+    amount_cents: int
+    customer: str | None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def belongs_to(self, attempt_id: int, idempotency_key: str, stripe_customer_id: str) -> bool:
+        """Made for this attempt: our attempt id and key in its metadata, on the attempt's
+        customer (attempt ids alone repeat across databases sharing one Stripe account)."""
+        return (
+            self.metadata.get(META_ATTEMPT) == str(attempt_id)
+            and self.metadata.get(META_KEY) == idempotency_key
+            and self.customer == stripe_customer_id
+        )
+
+
 class _RateLimiter:
-    """At most `rate` calls per second across the pool's threads."""
+    """At most `rate` calls per second across the pool's threads; a 429 pauses them all."""
 
     def __init__(self, rate: float) -> None:
         self._interval = 1.0 / rate if rate > 0 else 0.0
@@ -64,8 +125,6 @@ class _RateLimiter:
         self._lock = threading.Lock()
 
     def wait(self) -> None:
-        if not self._interval:
-            return
         with self._lock:
             now = time.monotonic()
             slot = max(now, self._next)
@@ -73,38 +132,80 @@ class _RateLimiter:
         if slot > now:
             time.sleep(slot - now)
 
+    def pause(self, seconds: float) -> None:
+        """Stripe said 429: nobody sends for `seconds`."""
+        with self._lock:
+            self._next = max(self._next, time.monotonic() + seconds)
+
 
 def _plain(obj: stripe.StripeObject) -> dict:  # type: ignore[type-arg]
     return obj.to_dict()
 
 
-def _outcome_of_intent(intent: stripe.PaymentIntent) -> tuple[Outcome, str | None]:
-    pi = _plain(intent)
+def _outcome_of_status(pi: Mapping[str, object]) -> tuple[Outcome, str | None]:
     status = pi.get("status")
-    if status in ("succeeded", "processing"):
+    if status == "succeeded":
         return Outcome.SUCCEEDED, None
     if status == "requires_action":
         return Outcome.REQUIRES_ACTION, "authentication_required"
     error = pi.get("last_payment_error") or {}
-    code = error.get("decline_code") or error.get("code")
-    if status in ("requires_payment_method", "canceled"):
-        return Outcome.DECLINED, code or "card_declined"
+    code = None
+    if isinstance(error, dict):
+        code = error.get("decline_code") or error.get("code")
+    if status == "requires_payment_method" and code:
+        return Outcome.DECLINED, str(code)
+    if status == "canceled":
+        return Outcome.ERROR, "payment_intent_canceled"
+    # processing, requires_confirmation, requires_capture, or a fresh intent with no attempt
+    # made yet: not an outcome. Reconciliation leaves the attempt pending and looks again.
     return Outcome.PENDING, None
 
 
+def _state(pi: stripe.PaymentIntent) -> IntentState:
+    d = _plain(pi)
+    outcome, code = _outcome_of_status(d)
+    customer = d.get("customer")
+    if isinstance(customer, dict):
+        customer = customer.get("id")
+    return IntentState(
+        id=str(d["id"]),
+        status=str(d.get("status")),
+        outcome=outcome,
+        failure_code=code,
+        amount_cents=int(d.get("amount") or 0),
+        customer=customer,
+        metadata={str(k): str(v) for k, v in (d.get("metadata") or {}).items()},
+    )
+
+
+def _retry_after(err: stripe.StripeError) -> float | None:
+    headers = getattr(err, "headers", None) or {}
+    for name in ("Retry-After", "retry-after"):
+        if name in headers:
+            try:
+                return float(headers[name])
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
 class Payments(dg.ConfigurableResource):
-    """Stripe, for AutoPay. The key comes only from the environment (`EnvVar`)."""
+    """Stripe, for AutoPay. The key comes only from the environment (`EnvVar`); it is never
+    logged or put in metadata. Every request has a timeout; charges go through a bounded pool
+    under a rate limit, and 429s pause the whole pool."""
 
     api_key: str | None = Field(default=None, description="Stripe secret key (EnvVar only).")
     api_base: str | None = Field(
         default=None,
         description="Stripe API base URL; empty means STRIPE_API_BASE, else Stripe's own.",
     )
-    timeout_seconds: float = 20.0
-    attempts_per_call: int = 4
-    backoff_seconds: float = 0.5
-    max_workers: int = 8
-    requests_per_second: float = 25.0
+    timeout_seconds: float = Field(default=20.0, description="Per request (connect and read).")
+    attempts_per_call: int = Field(
+        default=4, description="Tries per charge on network errors, 5xx and 429."
+    )
+    backoff_seconds: float = Field(default=0.5, description="First retry delay; doubles.")
+    max_workers: int = Field(default=8, description="Charges in flight at once (1: in turn).")
+    requests_per_second: float = Field(default=25.0, description="Across the pool.")
 
     _client: stripe.StripeClient | None = PrivateAttr(default=None)
     _limiter: _RateLimiter | None = PrivateAttr(default=None)
@@ -114,18 +215,25 @@ class Payments(dg.ConfigurableResource):
             raise PaymentsNotConfigured(
                 "STRIPE_API_KEY is not set: AutoPay and card registration need a Stripe key"
             )
-        if self._client is None:
-            # Not a secret, so read here (at first use, never at import) when not configured.
-            base = self.api_base or os.environ.get("STRIPE_API_BASE")
-            self._client = stripe.StripeClient(
-                self.api_key,
-                base_addresses={"api": base} if base else None,
-                # Our own loop retries with our own key; the SDK's retries stay off.
-                max_network_retries=0,
-                http_client=stripe.RequestsClient(timeout=self.timeout_seconds),
-            )
-            self._limiter = _RateLimiter(self.requests_per_second)
-        return self._client
+        with _CLIENT_LOCK:
+            if self._client is None:
+                # Not a secret, so read here (at first use, never at import) when not set.
+                base = self.api_base or os.environ.get("STRIPE_API_BASE")
+                self._client = stripe.StripeClient(
+                    self.api_key,
+                    base_addresses={"api": base} if base else None,
+                    # Our own loop retries with our own key; the SDK's retries stay off.
+                    max_network_retries=0,
+                    http_client=stripe.RequestsClient(timeout=self.timeout_seconds),
+                )
+                self._limiter = _RateLimiter(self.requests_per_second)
+            return self._client
+
+    def max_call_seconds(self) -> float:
+        """The longest one charge can take: each try a create and a lookup, each bounded by
+        the timeout, and a backoff of at most 30 s (plus jitter) between tries. A pending
+        attempt younger than this may still be in a live run's hands."""
+        return self.attempts_per_call * (2 * self.timeout_seconds + 30 * 1.25)
 
     # --- cards -------------------------------------------------------------------------------
 
@@ -171,10 +279,16 @@ class Payments(dg.ConfigurableResource):
     # --- charges -----------------------------------------------------------------------------
 
     def charge(self, request: ChargeRequest) -> ChargeResult:
-        """One off-session charge. Declines and authentication come back as results; network
-        failures, 5xx and 429 are retried with backoff and then reported as PENDING, never as
-        a decline, for reconciliation to settle."""
+        """One off-session charge. Declines and authentication come back as results; a request
+        Stripe refuses (4xx) is an error, with no money moved; network failures, 5xx and 429
+        are retried with backoff and then reported as PENDING (never as a decline), for
+        reconciliation to settle.
+
+        After a failure that may have reached Stripe, the next try first looks for the
+        attempt's PaymentIntent and only sends again when there is none."""
         client = self._stripe()
+        limiter = self._limiter
+        assert limiter is not None
         params = {
             "amount": request.amount_cents,
             "currency": request.currency,
@@ -182,60 +296,92 @@ class Payments(dg.ConfigurableResource):
             "payment_method": request.stripe_payment_method_id,
             "confirm": True,
             "off_session": True,
-            "metadata": {
-                "attempt_id": str(request.attempt_id),
-                "client_id": request.client_id,
-                "idempotency_key": request.idempotency_key,
-            },
+            "metadata": request.metadata(),
         }
+        maybe_sent = False
+        last_code = "stripe_unreachable"
         for attempt in range(self.attempts_per_call):
-            assert self._limiter is not None
-            self._limiter.wait()
+            if maybe_sent:
+                try:
+                    found = self.find_intent(
+                        request.attempt_id,
+                        request.idempotency_key,
+                        request.stripe_customer_id,
+                        self.intents_with_metadata(tries=1),
+                    )
+                except StripeUnavailable:
+                    continue
+                if found is not None:
+                    if found.outcome == Outcome.PENDING:
+                        return ChargeResult(
+                            request.attempt_id, Outcome.PENDING, found.id, "stripe_processing"
+                        )
+                    return ChargeResult(
+                        request.attempt_id, found.outcome, found.id, found.failure_code
+                    )
+                maybe_sent = False
+            limiter.wait()
             try:
                 pi = client.v1.payment_intents.create(
                     params=params,  # type: ignore[arg-type]
                     options={"idempotency_key": request.idempotency_key},
                 )
             except stripe.CardError as err:
-                code = getattr(err, "code", None)
-                pi_id = self._intent_id_of_error(err)
-                if code == "authentication_required":
-                    return ChargeResult(request.attempt_id, Outcome.REQUIRES_ACTION, pi_id, code)
-                decline = (err.json_body or {}).get("error", {}).get("decline_code")
-                return ChargeResult(
-                    request.attempt_id, Outcome.DECLINED, pi_id, decline or code or "card_declined"
-                )
-            except (stripe.RateLimitError, stripe.APIConnectionError) as err:
+                return self._card_error(request, err)
+            except stripe.RateLimitError as err:
+                # Refused before any work was done: safe to send again after the pause.
+                last_code = "rate_limited"
+                self._sleep_before_retry(attempt, err)
+                continue
+            except stripe.APIConnectionError as err:
+                maybe_sent, last_code = True, "stripe_unreachable"
                 self._sleep_before_retry(attempt, err)
                 continue
             except stripe.APIError as err:
-                if (err.http_status or 500) >= 500:
-                    self._sleep_before_retry(attempt, err)
-                    continue
-                raise
+                if (err.http_status or 500) < 500:
+                    raise
+                maybe_sent, last_code = True, "stripe_server_error"
+                self._sleep_before_retry(attempt, err)
+                continue
             except stripe.InvalidRequestError as err:
                 if err.http_status == 429:
+                    last_code = "rate_limited"
                     self._sleep_before_retry(attempt, err)
                     continue
-                raise
-            outcome, code = _outcome_of_intent(pi)
-            return ChargeResult(request.attempt_id, outcome, pi.id, code)
-        return ChargeResult(request.attempt_id, Outcome.PENDING, None, "stripe_unreachable")
+                # Stripe refused the request itself (a missing customer or card): no money
+                # moved, and sending it again would not change the answer.
+                return ChargeResult(
+                    request.attempt_id,
+                    Outcome.ERROR,
+                    self._intent_id_of_error(err),
+                    str(err.code or f"invalid_request_{err.http_status or 400}"),
+                )
+            state = _state(pi)
+            return ChargeResult(request.attempt_id, state.outcome, state.id, state.failure_code)
+        return ChargeResult(request.attempt_id, Outcome.PENDING, None, last_code)
+
+    def _card_error(self, request: ChargeRequest, err: stripe.CardError) -> ChargeResult:
+        body = (err.json_body or {}).get("error", {}) or {}
+        code = getattr(err, "code", None) or body.get("code")
+        pi_id = self._intent_id_of_error(err)
+        if code == "authentication_required":
+            # Stripe's answer off-session (localstripe answers requires_action instead).
+            return ChargeResult(request.attempt_id, Outcome.REQUIRES_ACTION, pi_id, code)
+        decline = body.get("decline_code")  # Stripe's; localstripe gives none
+        return ChargeResult(
+            request.attempt_id, Outcome.DECLINED, pi_id, decline or code or "card_declined"
+        )
 
     @staticmethod
     def _intent_id_of_error(err: stripe.StripeError) -> str | None:
-        body = (err.json_body or {}).get("error", {})
+        body = (err.json_body or {}).get("error", {}) or {}
         intent = body.get("payment_intent") or {}
         return intent.get("id") if isinstance(intent, dict) else None
 
     def _sleep_before_retry(self, attempt: int, err: stripe.StripeError) -> None:
-        retry_after = None
-        headers = getattr(err, "headers", None) or {}
-        if "Retry-After" in headers:
-            try:
-                retry_after = float(headers["Retry-After"])
-            except ValueError:
-                retry_after = None
+        retry_after = _retry_after(err)
+        if retry_after is not None and self._limiter is not None:
+            self._limiter.pause(retry_after)
         if attempt + 1 >= self.attempts_per_call:
             return
         delay = retry_after if retry_after is not None else self.backoff_seconds * 2**attempt
@@ -245,45 +391,127 @@ class Payments(dg.ConfigurableResource):
         self,
         requests: Sequence[ChargeRequest],
         on_result: Callable[[ChargeResult], None],
+        before_send: Callable[[ChargeRequest], None] | None = None,
     ) -> None:
         """Charge through a bounded pool under the rate limit; `on_result` records each
-        outcome as soon as it is known (in the calling thread, one at a time)."""
+        outcome as soon as it is known (in the calling thread, one at a time).
+
+        If recording fails, no further charge is sent (those not sent stay pending for
+        reconciliation) and the error propagates. A charge that raises unexpectedly is
+        reported PENDING (we cannot know whether it reached Stripe) and the first such error
+        is raised once every other result is recorded."""
         if not requests:
             return
         self._stripe()
-        if self.max_workers <= 1 or len(requests) == 1:
+        failures: list[BaseException] = []
+        if self.max_workers <= 1:
             for req in requests:
-                on_result(self.charge(req))
-            return
-        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
-            for result in pool.map(self.charge, requests):
+                if before_send:
+                    before_send(req)
+                result, error = self._charge_or_pending(req)
+                if error is not None:
+                    failures.append(error)
                 on_result(result)
+            if failures:
+                raise failures[0]
+            return
+        pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="charge")
+        try:
+            pending: set[Future[tuple[ChargeResult, BaseException | None]]] = set()
+            for req in requests:
+                if before_send:
+                    before_send(req)
+                pending.add(pool.submit(self._charge_or_pending, req))
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    result, error = future.result()
+                    if error is not None:
+                        failures.append(error)
+                    on_result(result)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        if failures:
+            raise failures[0]
+
+    def _charge_or_pending(
+        self, request: ChargeRequest
+    ) -> tuple[ChargeResult, BaseException | None]:
+        try:
+            return self.charge(request), None
+        except Exception as err:
+            code = f"unexpected_{type(err).__name__}"[:64]
+            return ChargeResult(request.attempt_id, Outcome.PENDING, None, code), err
 
     # --- reconciliation ----------------------------------------------------------------------
 
-    def retrieve_intent(self, payment_intent_id: str) -> tuple[Outcome, str | None]:
-        pi = self._stripe().v1.payment_intents.retrieve(payment_intent_id)
-        return _outcome_of_intent(pi)
+    def _lookup(self, call: Callable[[], T], tries: int | None = None) -> T:
+        """A read-only request, retried on network errors, 5xx and 429 (safe: it changes
+        nothing); StripeUnavailable when Stripe still does not answer."""
+        assert self._limiter is not None
+        for attempt in range(tries or self.attempts_per_call):
+            self._limiter.wait()
+            try:
+                return call()
+            except (stripe.APIConnectionError, stripe.RateLimitError) as err:
+                self._sleep_before_retry(attempt, err)
+            except stripe.APIError as err:
+                if (err.http_status or 500) < 500:
+                    raise
+                self._sleep_before_retry(attempt, err)
+            except stripe.InvalidRequestError as err:
+                if err.http_status != 429:
+                    raise
+                self._sleep_before_retry(attempt, err)
+        raise StripeUnavailable("Stripe did not answer a PaymentIntent lookup")
 
-    def intents_with_metadata(self) -> Iterator[stripe.PaymentIntent]:
+    def retrieve_intent(self, payment_intent_id: str) -> IntentState | None:
+        """The PaymentIntent by id; None when Stripe does not have it."""
+        client = self._stripe()
+        try:
+            pi = self._lookup(lambda: client.v1.payment_intents.retrieve(payment_intent_id))
+        except stripe.InvalidRequestError as err:
+            if err.http_status == 404:
+                return None
+            raise
+        return _state(pi)
+
+    def intents_with_metadata(self, tries: int | None = None) -> list[IntentState]:
         """Every PaymentIntent that carries our attempt metadata (localstripe has no Search
-        and no filter on metadata, so we list and filter)."""
-        page = self._stripe().v1.payment_intents.list(params={"limit": 100})
-        for pi in page.auto_paging_iter():
-            if (_plain(pi).get("metadata") or {}).get("attempt_id"):
-                yield pi
+        and no filter on metadata or customer, so we list them all and filter)."""
+        client = self._stripe()
 
-    def find_intent_for_attempt(
-        self, attempt_id: int, intents: Iterable[stripe.PaymentIntent] | None = None
-    ) -> tuple[str | None, Outcome, str | None]:
-        """(intent id, outcome, failure code) of the intent made for this attempt; PENDING
-        with no id when Stripe has none (the charge never reached it)."""
-        best: tuple[str | None, Outcome, str | None] = (None, Outcome.PENDING, None)
-        for pi in intents if intents is not None else self.intents_with_metadata():
-            if (_plain(pi).get("metadata") or {}).get("attempt_id") != str(attempt_id):
+        def every_page() -> list[IntentState]:
+            page = client.v1.payment_intents.list(params={"limit": 100})
+            return [_state(pi) for pi in page.auto_paging_iter()]
+
+        return [
+            s
+            for s in self._lookup(every_page, tries)
+            if s.metadata.get(META_ATTEMPT) and s.metadata.get(META_KEY)
+        ]
+
+    def find_intent(
+        self,
+        attempt_id: int,
+        idempotency_key: str,
+        stripe_customer_id: str,
+        intents: Iterable[IntentState] | None = None,
+    ) -> IntentState | None:
+        """The PaymentIntent made for this attempt (a succeeded one first), else None: Stripe
+        has none, so the charge never reached it."""
+        best: IntentState | None = None
+        for state in intents if intents is not None else self.intents_with_metadata():
+            if not state.belongs_to(attempt_id, idempotency_key, stripe_customer_id):
                 continue
-            outcome, code = _outcome_of_intent(pi)
-            if outcome == Outcome.SUCCEEDED:
-                return pi.id, outcome, code
-            best = (pi.id, outcome, code)
+            if state.outcome == Outcome.SUCCEEDED:
+                return state
+            if best is None or best.outcome == Outcome.PENDING:
+                best = state
         return best
+
+    def succeeded_charges(self) -> list[IntentState]:
+        """Succeeded PaymentIntents carrying our metadata, for finance's reconciliation."""
+        return [s for s in self.intents_with_metadata() if s.outcome == Outcome.SUCCEEDED]

@@ -1,67 +1,214 @@
 """One practice's AutoPay for one night: reconcile, claim, charge, record.
 
-1. Reconcile first: attempts left `pending` by a crash, a kill or a timeout are settled with
-   Stripe (the PaymentIntent we recorded, else the one carrying our attempt id in metadata).
+1. Reconcile first: attempts left `pending` by a crash, a kill or a timeout, and older than
+   `stale_after` (younger ones may still be in a live run's hands), are taken over by this run
+   (one run only: compare and set on the claim time) and settled with Stripe: the
+   PaymentIntent we recorded, else the one carrying our attempt id, key and customer. Stripe's
+   outcome is written. When Stripe has none, no money moved: the attempt is sent again, with
+   its key and stored amount, if nothing it was claimed on has changed, else closed as an
+   error. localstripe ignores idempotency keys, so this, not the header, is the guarantee.
 2. Claim: for each client with an open balance whom the rules allow, an attempt row with the
-   deterministic key and the bills it covers is committed as `pending` before Stripe is called.
-3. Charge through the bounded pool; record each outcome in its own transaction.
+   deterministic key and the bills it covers is committed as `pending` before Stripe is
+   called. Two runs cannot both claim a client: unique key, one pending attempt per client.
+3. Charge through the bounded pool; record each outcome in its own transaction as it comes.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+from functools import partial
 
 from sqlalchemy import Connection
 
 from billing_pipeline.db import autopay as records
 from billing_pipeline.db.nightly import NightFigures, decide_autopay, mark_step, step_done
 from billing_pipeline.db.store import Practice, load_practice
-from billing_pipeline.domain.autopay import Outcome, RetryBlock, idempotency_key, retry_block
+from billing_pipeline.domain.autopay import (
+    LedgerDrift,
+    LedgerEntry,
+    Outcome,
+    RetryBlock,
+    Unsent,
+    compare_ledgers,
+    idempotency_key,
+    retry_block,
+    unsent_attempt,
+)
 from billing_pipeline.resources.database import BillingDatabase
-from billing_pipeline.resources.payments import ChargeRequest, ChargeResult, Payments
+from billing_pipeline.resources.payments import (
+    META_ACCOUNT,
+    META_ATTEMPT,
+    META_NIGHT,
+    ChargeRequest,
+    ChargeResult,
+    IntentState,
+    Payments,
+    StripeUnavailable,
+)
 
 BILLS_NOT_MADE = "bills_not_made"
+
+# --- Test-only crash hook ---------------------------------------------------------------------
+
+FAULT_ENV = "BILLING_FAULT"
+
+
+class FaultPoint(StrEnum):
+    BEFORE_STRIPE = "before_stripe"  # a charge is claimed and committed, not yet sent
+    AFTER_STRIPE_SUCCESS = "after_stripe_success"  # Stripe charged; outcome not yet written
+    AFTER_OUTCOME = "after_outcome"  # the outcome is committed
+
+
+_fault_hits: dict[str, int] = {}
+_fault_lock = threading.Lock()
+
+
+def fault_point(point: FaultPoint) -> None:
+    """TEST-ONLY crash hook for tests/integration/test_autopay_crashes.py.
+
+    With `BILLING_FAULT=<point>[@n]` in the environment, the process kills itself with SIGKILL
+    the n-th time (default 1) it reaches `point`: no exception, no `finally`, no rollback
+    beyond what the database does for an open transaction, exactly like a machine dying.
+    Production never sets the variable; then this is one dictionary lookup."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    name, _, nth = spec.partition("@")
+    if name not in FaultPoint.__members__.values():
+        raise ValueError(f"{FAULT_ENV}: unknown fault point {name!r}")
+    if name != point.value:
+        return
+    with _fault_lock:
+        _fault_hits[name] = _fault_hits.get(name, 0) + 1
+        hit = _fault_hits[name] == int(nth or 1)
+    if hit:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# --- Reconciliation ---------------------------------------------------------------------------
+
+
+@dataclass
+class Reconciled:
+    """What reconciliation settled, and the attempts it sends again."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    amount_cents: int = 0
+    resend: list[records.ClaimedAttempt] = field(default_factory=list)
+
+    def add(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+
+def _unsent_verdict(
+    conn: Connection, attempt: records.PendingAttempt, account_id: str, night: date
+) -> tuple[Unsent, records.ClaimedAttempt | None]:
+    practice = load_practice(conn, account_id)
+    client = practice.clients[attempt.client_id]
+    decision = decide_autopay(practice, client, night)
+    covered, open_amounts = records.open_amounts_of_covered_bills(conn, attempt.id)
+    verdict = unsent_attempt(
+        autopay_runs=decision.runs,
+        payment_method_tonight=decision.card.payment_method_id if decision.card else None,
+        attempt_payment_method=attempt.payment_method_id,
+        stored_amount_cents=attempt.amount_cents,
+        covered_bills=covered,
+        open_amounts_of_covered_bills=open_amounts,
+    )
+    return verdict, records.claimed_attempt(conn, attempt.id)
 
 
 def reconcile_pending(
     db: BillingDatabase,
     payments: Payments,
     account_id: str,
-    stale_after: timedelta,
+    night: date,
     at: datetime,
-) -> dict[str, int]:
-    """Settle attempts whose outcome we never wrote. An attempt claimed less than
-    `stale_after` ago may still be in another run's hands and is left alone."""
-    counts: dict[str, int] = {}
+    stale_after: timedelta,
+) -> Reconciled:
+    """Settle the practice's attempts whose outcome we never wrote (see the module's note).
+    An attempt claimed less than `stale_after` ago is left to the run that claimed it."""
+    done = Reconciled()
     with db.engine.connect() as conn:
         pending = records.pending_attempts(conn, account_id)
     now = datetime.now(UTC)
     stale = [p for p in pending if now - p.claimed_at >= stale_after]
-    if not stale:
-        return counts
-    listed = None
+    if len(stale) < len(pending):
+        done.add("pending_in_another_run", len(pending) - len(stale))
+    listed: list[IntentState] | None = None
     for attempt in stale:
-        if attempt.stripe_payment_intent_id:
-            outcome, code = payments.retrieve_intent(attempt.stripe_payment_intent_id)
-            intent_id: str | None = attempt.stripe_payment_intent_id
-        else:
-            if listed is None:
-                listed = list(payments.intents_with_metadata())
-            intent_id, outcome, code = payments.find_intent_for_attempt(attempt.id, listed)
-            if intent_id is None:
-                # Stripe never saw it: no money moved. Close it; the next night retries.
-                outcome, code = Outcome.ERROR, "not_found_in_stripe"
-        if outcome == Outcome.PENDING:
-            counts["still_pending"] = counts.get("still_pending", 0) + 1
+        if not db.transact(partial(records.take_over, attempt=attempt, now=datetime.now(UTC))):
+            done.add("taken_over_by_another_run")
             continue
+        try:
+            state = None
+            if attempt.stripe_payment_intent_id:
+                state = payments.retrieve_intent(attempt.stripe_payment_intent_id)
+            if state is None:
+                if listed is None:
+                    listed = payments.intents_with_metadata()
+                state = payments.find_intent(
+                    attempt.id, attempt.idempotency_key, attempt.stripe_customer_id, listed
+                )
+        except StripeUnavailable:
+            # We cannot know; it stays pending (and blocks a new attempt for the client).
+            done.add("reconcile_stripe_unavailable")
+            continue
+        if state is not None and state.outcome == Outcome.PENDING:
+            done.add("reconcile_still_processing")
+            db.transact(
+                partial(
+                    records.note_unknown,
+                    attempt_id=attempt.id,
+                    payment_intent_id=state.id,
+                    reason="stripe_processing",
+                )
+            )
+            continue
+        if state is not None:
+            wrote = db.transact(
+                partial(
+                    records.record_outcome,
+                    attempt_id=attempt.id,
+                    outcome=state.outcome,
+                    payment_intent_id=state.id,
+                    failure_code=state.failure_code,
+                    at=at,
+                )
+            )
+            if wrote:
+                done.add(f"reconciled_{state.outcome.value}")
+                if state.outcome == Outcome.SUCCEEDED:
+                    done.amount_cents += attempt.amount_cents
+            continue
+        # Stripe has no PaymentIntent for it: the charge never reached Stripe.
+        verdict, claimed = db.transact(
+            partial(_unsent_verdict, attempt=attempt, account_id=account_id, night=night)
+        )
+        if verdict == Unsent.RESEND and claimed is not None:
+            done.add("resent_after_reconciliation")
+            done.resend.append(claimed)
+            continue
+        db.transact(
+            partial(
+                records.record_outcome,
+                attempt_id=attempt.id,
+                outcome=Outcome.ERROR,
+                payment_intent_id=None,
+                failure_code=verdict.value,
+                at=at,
+            )
+        )
+        done.add(f"reconciled_{verdict.value}")
+    return done
 
-        def write(conn: Connection, a=attempt, o=outcome, c=code, i=intent_id) -> bool:  # type: ignore[no-untyped-def]
-            return records.record_outcome(conn, a.id, o, payment_intent_id=i, failure_code=c, at=at)
 
-        if db.transact(write):
-            key = f"reconciled_{outcome.value}"
-            counts[key] = counts.get(key, 0) + 1
-    return counts
+# --- Claim --------------------------------------------------------------------------------------
 
 
 def claim_night(
@@ -100,11 +247,27 @@ def claim_night(
             bills=bills,
             attempted_at=at,
         )
-        if claim is None:
-            figures.add("claimed_by_another_run")
+        if isinstance(claim, records.ClaimRefused):
+            figures.add(claim.value)
             continue
         claims.append(claim)
     return claims
+
+
+# --- The night ----------------------------------------------------------------------------------
+
+
+def _request(claim: records.ClaimedAttempt) -> ChargeRequest:
+    return ChargeRequest(
+        attempt_id=claim.id,
+        client_id=claim.client_id,
+        idempotency_key=claim.idempotency_key,
+        stripe_customer_id=claim.stripe_customer_id,
+        stripe_payment_method_id=claim.stripe_payment_method_id,
+        amount_cents=claim.amount_cents,
+        account_id=claim.account_id,
+        night=claim.night,
+    )
 
 
 def run_autopay_night(
@@ -115,7 +278,7 @@ def run_autopay_night(
     at: datetime,
     *,
     run_id: str | None = None,
-    stale_after: timedelta = timedelta(minutes=5),
+    stale_after: timedelta = timedelta(minutes=10),
 ) -> NightFigures:
     """AutoPay for one practice's night. Never runs for a night whose bills were not made."""
     figures = NightFigures(account_id, night)
@@ -124,24 +287,41 @@ def run_autopay_night(
     if not ready:
         figures.add(BILLS_NOT_MADE)
         return figures
-    for key, n in reconcile_pending(db, payments, account_id, stale_after, at).items():
+
+    reconciled = reconcile_pending(db, payments, account_id, night, at, stale_after)
+    for key, n in reconciled.counts.items():
         figures.add(key, n)
+    figures.amount_cents += reconciled.amount_cents
 
-    def claim(conn: Connection) -> list[records.ClaimedAttempt]:
-        figures_try = NightFigures(account_id, night)
-        claimed = claim_night(conn, load_practice(conn, account_id), night, at, figures_try)
-        for key, n in figures_try.counts.items():
-            figures.add(key, n)
-        return claimed
+    def claim(conn: Connection) -> tuple[list[records.ClaimedAttempt], dict[str, int]]:
+        # Counted apart: a retried transaction must not count twice.
+        attempt_figures = NightFigures(account_id, night)
+        claimed = claim_night(conn, load_practice(conn, account_id), night, at, attempt_figures)
+        return claimed, attempt_figures.counts
 
-    claims = db.transact(claim)
-    by_id = {c.id: c for c in claims}
+    claims, claim_counts = db.transact(claim)
+    for key, n in claim_counts.items():
+        figures.add(key, n)
+    to_charge = [*reconciled.resend, *claims]
+    by_id = {c.id: c for c in to_charge}
 
     def record(result: ChargeResult) -> None:
-        claim_row = by_id[result.attempt_id]
-
-        def write(conn: Connection) -> bool:
-            return records.record_outcome(
+        claimed = by_id[result.attempt_id]
+        if result.outcome == Outcome.PENDING:
+            # Network, 5xx or 429 after our retries: unknown, never a decline. Left pending
+            # for reconciliation, which asks Stripe before anything is sent again.
+            db.transact(
+                lambda conn: records.note_unknown(
+                    conn, result.attempt_id, result.payment_intent_id, result.failure_code
+                )
+            )
+            figures.add("left_pending_for_reconciliation")
+            figures.ids.append(str(result.attempt_id))
+            return
+        if result.outcome == Outcome.SUCCEEDED:
+            fault_point(FaultPoint.AFTER_STRIPE_SUCCESS)
+        wrote = db.transact(
+            lambda conn: records.record_outcome(
                 conn,
                 result.attempt_id,
                 result.outcome,
@@ -149,36 +329,47 @@ def run_autopay_night(
                 failure_code=result.failure_code,
                 at=at,
             )
-
-        if result.outcome != Outcome.PENDING:
-            db.transact(write)
-        else:
-            db.transact(
-                lambda conn: records.remember_intent(
-                    conn, result.attempt_id, result.payment_intent_id
-                )
-            )
-        figures.add(
-            f"outcome_{'error' if result.outcome == Outcome.PENDING else result.outcome.value}"
         )
+        fault_point(FaultPoint.AFTER_OUTCOME)
+        if not wrote:
+            figures.add("outcome_recorded_by_another_run")
+            return
+        figures.add(f"outcome_{result.outcome.value}")
         if result.outcome == Outcome.SUCCEEDED:
-            figures.amount_cents += claim_row.amount_cents
+            figures.amount_cents += claimed.amount_cents
         figures.ids.append(str(result.attempt_id))
 
     payments.charge_many(
-        [
-            ChargeRequest(
-                attempt_id=c.id,
-                client_id=c.client_id,
-                idempotency_key=c.idempotency_key,
-                stripe_customer_id=c.stripe_customer_id,
-                stripe_payment_method_id=c.stripe_payment_method_id,
-                amount_cents=c.amount_cents,
-            )
-            for c in claims
-        ],
+        [_request(c) for c in to_charge],
         record,
+        before_send=lambda _request: fault_point(FaultPoint.BEFORE_STRIPE),
     )
     db.transact(lambda conn: mark_step(conn, account_id, night, "autopay", at, run_id))
     figures.add("attempts", len(claims))
     return figures
+
+
+# --- Finance ------------------------------------------------------------------------------------
+
+
+def ledger_drift(
+    db: BillingDatabase, payments: Payments, account_ids: list[str], nights: list[date]
+) -> dict[date, LedgerDrift]:
+    """Per night, Stripe's succeeded PaymentIntents carrying our metadata (these practices,
+    their customers) against our payment rows for the night's attempts."""
+    with db.engine.connect() as conn:
+        ours = records.recorded_payments(conn, account_ids, nights)
+        customers = records.stripe_customers(conn, account_ids)
+    wanted = {n.isoformat(): n for n in nights}
+    accounts = set(account_ids)
+    theirs = [
+        LedgerEntry(s.id, s.metadata[META_ATTEMPT], wanted[s.metadata[META_NIGHT]], s.amount_cents)
+        for s in payments.succeeded_charges()
+        if s.metadata.get(META_NIGHT) in wanted
+        and s.metadata.get(META_ACCOUNT) in accounts
+        and s.customer in customers
+    ]
+    return {
+        n: compare_ledgers([e for e in theirs if e.night == n], [e for e in ours if e.night == n])
+        for n in nights
+    }

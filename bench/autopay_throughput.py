@@ -1,0 +1,106 @@
+"""AutoPay charge throughput: `Payments.charge_many` one at a time vs through the pool.
+
+Starts its own localstripe on loopback behind an injected latency (300 ms per request by
+default, roughly a real Stripe round trip plus its processing), registers a few cards, then
+charges the same batch sequentially (`max_workers=1`) and through the bounded pool (the
+resource's defaults: 8 workers, 25 requests/s), alternating, 5 runs each, and prints charges
+per second per run, the medians and their ratio.
+
+    .venv/bin/python -m bench.autopay_throughput [--charges 32] [--runs 5] [--latency-ms 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from billing_pipeline.domain.autopay import Outcome
+from billing_pipeline.localstripe_server import LocalStripe
+from billing_pipeline.resources.payments import (
+    ChargeRequest,
+    ChargeResult,
+    Payments,
+    RegisteredCard,
+)
+
+API_KEY = "sk_test_bench"
+
+
+def _requests(cards: list[RegisteredCard], n: int) -> list[ChargeRequest]:
+    run = uuid.uuid4().hex[:8]
+    return [
+        ChargeRequest(
+            attempt_id=i + 1,
+            client_id=f"bench-{i % len(cards)}",
+            idempotency_key=f"bench-{run}-{i}",
+            stripe_customer_id=cards[i % len(cards)].stripe_customer_id,
+            stripe_payment_method_id=cards[i % len(cards)].stripe_payment_method_id,
+            amount_cents=1000 + i,
+        )
+        for i in range(n)
+    ]
+
+
+def _one_run(payments: Payments, cards: list[RegisteredCard], n: int) -> float:
+    results: list[ChargeResult] = []
+    batch = _requests(cards, n)
+    started = time.perf_counter()
+    payments.charge_many(batch, results.append)
+    took = time.perf_counter() - started
+    bad = [r for r in results if r.outcome != Outcome.SUCCEEDED]
+    if len(results) != n or bad:
+        raise RuntimeError(f"bench: {len(results)} results, {len(bad)} not succeeded")
+    return n / took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--charges", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--latency-ms", type=int, default=300)
+    parser.add_argument("--cards", type=int, default=8)
+    args = parser.parse_args()
+
+    with LocalStripe(latency_ms=args.latency_ms) as server:
+        setup = Payments(api_key=API_KEY, api_base=server.url)
+        with ThreadPoolExecutor(max_workers=args.cards) as pool:
+            cards = list(
+                pool.map(
+                    lambda i: setup.register_card(
+                        owner_ref=f"bench-{i}",
+                        number="4242424242424242",
+                        exp_month=12,
+                        exp_year=2030,
+                    ),
+                    range(args.cards),
+                )
+            )
+        sequential = Payments(api_key=API_KEY, api_base=server.url, max_workers=1)
+        pooled = Payments(api_key=API_KEY, api_base=server.url)
+        rates: dict[str, list[float]] = {"sequential": [], "pool": []}
+        for _ in range(args.runs):
+            rates["sequential"].append(_one_run(sequential, cards, args.charges))
+            rates["pool"].append(_one_run(pooled, cards, args.charges))
+
+    print(
+        f"localstripe +{args.latency_ms} ms/request, {args.charges} charges per run, "
+        f"{args.runs} runs each (alternating)"
+    )
+    medians = {}
+    for mode, values in rates.items():
+        medians[mode] = statistics.median(values)
+        label = (
+            "sequential (max_workers=1)"
+            if mode == "sequential"
+            else f"pool (max_workers={pooled.max_workers}, {pooled.requests_per_second:g} req/s)"
+        )
+        runs = ", ".join(f"{v:.2f}" for v in values)
+        print(f"{label:<40} median {medians[mode]:6.2f} charges/s   runs: {runs}")
+    print(f"pool / sequential: {medians['pool'] / medians['sequential']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
