@@ -6,7 +6,6 @@ limited to, and the wall clock leaving a practice whose night has not come."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -19,7 +18,13 @@ from billing_pipeline.assets.delivery import delivery_queue
 from billing_pipeline.assets.sessions import eligible_sessions, resolved_settings
 from billing_pipeline.db import models as m
 from billing_pipeline.db.loader import load_scenario
-from billing_pipeline.db.store import NewAccount, NewClient, create_account, create_client, create_session
+from billing_pipeline.db.store import (
+    NewAccount,
+    NewClient,
+    create_account,
+    create_client,
+    create_session,
+)
 from billing_pipeline.domain.calendar import local_date
 from billing_pipeline.domain.sessions import Service, Session, SessionSource, SessionStatus
 from billing_pipeline.domain.settings import BillCreation, Sharing
@@ -74,9 +79,7 @@ def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
     return {name: rows(engine, model) for name, model in TABLES.items()}
 
 
-def resources(
-    engine: Engine, payments: Payments, clock: Clock | None = None
-) -> dict[str, object]:
+def resources(engine: Engine, payments: Payments, clock: Clock | None = None) -> dict[str, object]:
     return {
         "db": BillingDatabase(url=url_of(engine)),
         "clock": clock or Clock(mode="logical", until_date="2026-12-31"),
@@ -226,12 +229,18 @@ def test_rematerializing_a_night_creates_nothing_new(
     engine = daily_autopay
     with dg.instance_for_test() as instance:
         first = dg.materialize(
-            CHAIN, partition_key="2026-11-03", instance=instance, resources=resources(engine, payments)
+            CHAIN,
+            partition_key="2026-11-03",
+            instance=instance,
+            resources=resources(engine, payments),
         )
         assert first.success
         before = snapshot(engine)
         again = dg.materialize(
-            CHAIN, partition_key="2026-11-03", instance=instance, resources=resources(engine, payments)
+            CHAIN,
+            partition_key="2026-11-03",
+            instance=instance,
+            resources=resources(engine, payments),
         )
         assert again.success
         after = snapshot(engine)

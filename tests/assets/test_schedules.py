@@ -8,6 +8,7 @@ test.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
@@ -230,7 +231,7 @@ def test_every_night_is_due_exactly_once_per_practice(step: str, start: str) -> 
         tick += timedelta(minutes=15)
     for account_id, nights in seen.items():
         assert len(nights) == len(set(nights)), (account_id, nights)
-        assert all(b - a == timedelta(days=1) for a, b in zip(nights, nights[1:], strict=False)), (
+        assert all(b - a == timedelta(days=1) for a, b in itertools.pairwise(nights)), (
             account_id,
             nights,
         )
