@@ -11,9 +11,9 @@ import dagster as dg
 from billing_pipeline.assets.autopay import autopay_attempts, statements
 from billing_pipeline.assets.billing import bills, superbills
 from billing_pipeline.assets.delivery import delivery_queue
+from billing_pipeline.assets.reconciliation import payment_reconciliations
 from billing_pipeline.assets.sessions import eligible_sessions, resolved_settings
 from billing_pipeline.db.deliveries import due_deliveries, mark_delivered
-from billing_pipeline.partitions import service_dates
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.notifier import Notifier
@@ -21,7 +21,6 @@ from billing_pipeline.resources.notifier import Notifier
 nightly_billing_job = dg.define_asset_job(
     "nightly_billing_job",
     selection=[eligible_sessions, resolved_settings, bills, superbills, statements],
-    partitions_def=service_dates,
     executor_def=dg.in_process_executor,
     description="00:00 in each practice's zone: eligible sessions, settings, bills, "
     "superbills and statements for the night.",
@@ -29,10 +28,10 @@ nightly_billing_job = dg.define_asset_job(
 
 autopay_job = dg.define_asset_job(
     "autopay_job",
-    selection=[autopay_attempts, delivery_queue],
-    partitions_def=service_dates,
+    selection=[autopay_attempts, delivery_queue, payment_reconciliations],
     executor_def=dg.in_process_executor,
-    description="00:30 in each practice's zone: AutoPay, then release the night's deliveries.",
+    description="00:30 in each practice's zone: AutoPay, then release the night's deliveries "
+    "and compare Stripe's charges with our payments for finance.",
 )
 
 nightly_chain_job = dg.define_asset_job(
@@ -45,8 +44,8 @@ nightly_chain_job = dg.define_asset_job(
         autopay_attempts,
         statements,
         delivery_queue,
+        payment_reconciliations,
     ],
-    partitions_def=service_dates,
     executor_def=dg.in_process_executor,
     description="The whole night in one run, for backfills and `simulate`: each asset walks "
     "the nights in order, and every rule that looks at time looks at the night's own instants.",

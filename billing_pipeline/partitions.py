@@ -13,3 +13,4 @@ service_dates = dg.DailyPartitionsDefinition(
 )
 
 ACCOUNTS_TAG = "billing/account_ids"
+DATABASE_TAG = "billing/database"

@@ -14,7 +14,7 @@ from billing_pipeline.db.deliveries import due_deliveries
 from billing_pipeline.db.store import list_accounts
 from billing_pipeline.domain.schedule import due_nights
 from billing_pipeline.jobs import autopay_job, deliver_documents_job, nightly_billing_job
-from billing_pipeline.partitions import ACCOUNTS_TAG
+from billing_pipeline.partitions import ACCOUNTS_TAG, DATABASE_TAG
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
 
@@ -83,9 +83,13 @@ IN_FLIGHT = [
 def deliver_due_documents(
     context: dg.SensorEvaluationContext, db: BillingDatabase, clock: Clock
 ) -> dg.RunRequest | dg.SkipReason:
-    """Launches a delivery run when documents fall due (one at a time)."""
+    """Launches a delivery run when documents fall due, one at a time per billing database
+    (a second run would find the documents done; this only saves the work)."""
+    database = db.fingerprint()
     running = context.instance.get_runs_count(
-        dg.RunsFilter(job_name=deliver_documents_job.name, statuses=IN_FLIGHT)
+        dg.RunsFilter(
+            job_name=deliver_documents_job.name, statuses=IN_FLIGHT, tags={DATABASE_TAG: database}
+        )
     )
     if running:
         return dg.SkipReason("a delivery run is already in flight")
@@ -93,4 +97,6 @@ def deliver_due_documents(
         due = due_deliveries(conn, clock.now_for, limit=1)
     if not due:
         return dg.SkipReason("nothing is due")
-    return dg.RunRequest(tags={"billing/first_due": due[0].scheduled_at.isoformat()})
+    return dg.RunRequest(
+        tags={"billing/first_due": due[0].scheduled_at.isoformat(), DATABASE_TAG: database}
+    )

@@ -25,6 +25,7 @@ from dagster._core.storage.tags import (
 )
 
 from billing_pipeline.config import data_dir
+from billing_pipeline.partitions import DATABASE_TAG
 
 # A new home gets storage in the folder itself (Dagster's default) and no telemetry.
 DEFAULT_INSTANCE_YAML = """\
@@ -85,6 +86,7 @@ def simulate(first: date, last: date, instance: dg.DagsterInstance) -> Simulatio
         tags={
             ASSET_PARTITION_RANGE_START_TAG: first.isoformat(),
             ASSET_PARTITION_RANGE_END_TAG: last.isoformat(),
+            DATABASE_TAG: BillingDatabase().fingerprint(),
             "billing/simulated": "true",
         },
         raise_on_error=False,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import dagster as dg
 from pydantic import Field
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from billing_pipeline.config import database_url
@@ -26,6 +27,12 @@ class BillingDatabase(dg.ConfigurableResource):
 
     def resolved_url(self) -> str:
         return self.url or database_url()
+
+    def fingerprint(self) -> str:
+        """A short id of this database (never its password), to tell apart the runs of
+        several billing databases that share one Dagster instance (simulations, tests)."""
+        url = make_url(self.resolved_url()).set(password=None)
+        return hashlib.sha256(url.render_as_string().encode()).hexdigest()[:12]
 
     @property
     def engine(self) -> Engine:

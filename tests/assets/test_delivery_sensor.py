@@ -26,6 +26,7 @@ from billing_pipeline.db import models as m
 from billing_pipeline.db.loader import load_scenario
 from billing_pipeline.jobs import deliver_documents_job
 from billing_pipeline.localstripe_server import LocalStripe
+from billing_pipeline.partitions import DATABASE_TAG
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.notifier import Notifier
@@ -131,7 +132,7 @@ def test_sensor_follows_a_night_from_nothing_due_to_delivered(world) -> None:  #
     # Due by 00:00 on 10-22.
     request = sense(instance, db, "2026-10-22")
     assert isinstance(request, dg.RunRequest), request
-    assert request.tags == {"billing/first_due": DUE}
+    assert request.tags == {"billing/first_due": DUE, DATABASE_TAG: db.fingerprint()}
 
     # The run the sensor asks for shares it, once, as paid; then nothing is due.
     run = deliver_documents_job.execute_in_process(
@@ -153,7 +154,12 @@ def test_sensor_follows_a_night_from_nothing_due_to_delivered(world) -> None:  #
     assert skip.skip_message == "nothing is due"
 
 
-def add_run(instance: dg.DagsterInstance, job_name: str, status: dg.DagsterRunStatus) -> None:
+def add_run(
+    instance: dg.DagsterInstance,
+    job_name: str,
+    status: dg.DagsterRunStatus,
+    tags: dict[str, str] | None = None,
+) -> None:
     """A run of `job_name` brought to `status` by the run events Dagster itself records."""
     origin = RemoteJobOrigin(
         repository_origin=RemoteRepositoryOrigin(
@@ -170,6 +176,7 @@ def add_run(instance: dg.DagsterInstance, job_name: str, status: dg.DagsterRunSt
             run_id=make_new_run_id(),
             status=dg.DagsterRunStatus.NOT_STARTED,
             remote_job_origin=origin,
+            tags=tags or {},
         )
     )
     if status != dg.DagsterRunStatus.NOT_STARTED:
@@ -218,15 +225,19 @@ def test_a_delivery_run_in_flight_holds_the_sensor(world) -> None:  # type: igno
         # A run of another job in flight does not matter.
         add_run(instance, "nightly_chain_job", dg.DagsterRunStatus.STARTED)
         assert isinstance(sense(instance, db, "2026-10-22"), dg.RunRequest)
+        # Nor does a delivery run for another billing database on the same instance.
+        other = {DATABASE_TAG: "0123456789ab"}
+        add_run(instance, deliver_documents_job.name, dg.DagsterRunStatus.STARTED, other)
+        assert isinstance(sense(instance, db, "2026-10-22"), dg.RunRequest)
 
-        add_run(instance, deliver_documents_job.name, status)
+        add_run(instance, deliver_documents_job.name, status, {DATABASE_TAG: db.fingerprint()})
         result = sense(instance, db, "2026-10-22")
         if blocks:
             assert isinstance(result, dg.SkipReason), (status, result)
             assert result.skip_message == "a delivery run is already in flight"
         else:
             assert isinstance(result, dg.RunRequest), (status, result)
-            assert result.tags == {"billing/first_due": DUE}
+            assert result.tags == {"billing/first_due": DUE, DATABASE_TAG: db.fingerprint()}
 
 
 def test_sensor_definition() -> None:
@@ -234,3 +245,14 @@ def test_sensor_definition() -> None:
     assert deliver_due_documents.minimum_interval_seconds == 60
     assert deliver_due_documents.default_status == dg.DefaultSensorStatus.RUNNING
     assert set(deliver_due_documents.required_resource_keys) == {"db", "clock"}
+
+
+def test_database_fingerprint_names_the_database_not_its_password() -> None:
+    def print_of(url: str) -> str:
+        return BillingDatabase(url=url).fingerprint()
+
+    base = print_of("postgresql://billing:first@db.internal:5432/billing")
+    assert len(base) == 12
+    assert print_of("postgresql://billing:second@db.internal:5432/billing") == base
+    assert print_of("postgresql://billing:first@db.internal:5432/other") != base
+    assert print_of("sqlite:////tmp/a.db") != print_of("sqlite:////tmp/b.db")

@@ -22,6 +22,7 @@ assert isinstance(instance.run_storage, PostgresRunStorage), type(instance.run_s
 config = instance.get_concurrency_config()
 print(config.pool_config.default_pool_limit, config.run_queue_config.max_concurrent_runs)
 print(instance.get_runs_count())
+print(instance.run_monitoring_enabled, instance.run_monitoring_max_resume_run_attempts)
 """
 
 
@@ -39,6 +40,6 @@ def test_production_instance_yaml_runs_on_postgres(tmp_path: Path) -> None:
             timeout=120,
         )
         assert done.returncode == 0, done.stderr[-3000:]
-        assert done.stdout.split() == ["1", "8", "0"]
+        assert done.stdout.split() == ["1", "8", "0", "True", "0"]
     finally:
         drop_pg_database(url)
