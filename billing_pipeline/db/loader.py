@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from functools import cache
@@ -217,6 +217,34 @@ def _instant_problem(value: str) -> str:
     return "is not an ISO 8601 date-time with a UTC offset"
 
 
+# What a broken JSON Schema rule means, in words (`shown` is the value as quoted back).
+RULE_MESSAGES: dict[str, Callable[[str, Any], str]] = {
+    "enum": lambda shown, rule: f"{shown} is not one of {', '.join(json.dumps(v) for v in rule)}",
+    "const": lambda shown, rule: f"{shown} is not {json.dumps(rule)}",
+    "pattern": lambda shown, rule: f"{shown} does not match {rule}",
+    "minimum": lambda shown, rule: f"{shown} is less than the minimum of {rule}",
+    "maximum": lambda shown, rule: f"{shown} is greater than the maximum of {rule}",
+    "exclusiveMinimum": lambda shown, rule: f"{shown} is not greater than {rule}",
+    "exclusiveMaximum": lambda shown, rule: f"{shown} is not less than {rule}",
+    "minLength": lambda _s, rule: (
+        "must not be empty" if rule == 1 else f"is shorter than {rule} characters"
+    ),
+    "maxLength": lambda _s, rule: f"is longer than {rule} characters",
+    "minItems": lambda _s, rule: f"has fewer than {rule} items",
+    "maxItems": lambda _s, rule: f"has more than {rule} items",
+    "uniqueItems": lambda _s, _rule: "has duplicate items",
+}
+
+
+def _format_problem(rule: str, value: object) -> str:
+    if rule == "date-time" and isinstance(value, str):
+        return _instant_problem(value)
+    return {
+        "date": "is not a date (YYYY-MM-DD)",
+        "email": "is not an email address",
+    }.get(rule, f"is not a valid {rule}")
+
+
 def _describe(err: ValidationError) -> list[_Problem]:
     """Our own words for a schema error: jsonschema's messages repeat whole values."""
     parts = tuple(err.absolute_path)
@@ -247,39 +275,10 @@ def _describe(err: ValidationError) -> list[_Problem]:
     if kind == "type":
         types = " or ".join(rule) if isinstance(rule, list) else str(rule)
         message = f"{shown} is not of type {types}"
-    elif kind == "enum":
-        message = f"{shown} is not one of {', '.join(json.dumps(v) for v in rule)}"
-    elif kind == "const":
-        message = f"{shown} is not {json.dumps(rule)}"
-    elif kind == "pattern":
-        message = f"{shown} does not match {rule}"
     elif kind == "format":
-        if rule == "date-time" and isinstance(value, str):
-            message = f"{shown} {_instant_problem(value)}"
-        elif rule == "date":
-            message = f"{shown} is not a date (YYYY-MM-DD)"
-        elif rule == "email":
-            message = f"{shown} is not an email address"
-        else:
-            message = f"{shown} is not a valid {rule}"
-    elif kind == "minimum":
-        message = f"{shown} is less than the minimum of {rule}"
-    elif kind == "maximum":
-        message = f"{shown} is greater than the maximum of {rule}"
-    elif kind == "exclusiveMinimum":
-        message = f"{shown} is not greater than {rule}"
-    elif kind == "exclusiveMaximum":
-        message = f"{shown} is not less than {rule}"
-    elif kind == "minLength":
-        message = "must not be empty" if rule == 1 else f"is shorter than {rule} characters"
-    elif kind == "maxLength":
-        message = f"is longer than {rule} characters"
-    elif kind == "minItems":
-        message = f"has fewer than {rule} items"
-    elif kind == "maxItems":
-        message = f"has more than {rule} items"
-    elif kind == "uniqueItems":
-        message = "has duplicate items"
+        message = f"{shown} {_format_problem(rule, value)}"
+    elif kind in RULE_MESSAGES:
+        message = RULE_MESSAGES[kind](shown, rule)
     else:
         message = f"{shown} breaks the schema rule {kind!r}"
     return [_Problem(parts, message, rank)]
