@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 import warnings
 from datetime import date
 from pathlib import Path
@@ -45,7 +46,36 @@ def _date(value: str, name: str) -> date:
         raise BadInput(f"{name}: {value!r} is not a date (YYYY-MM-DD)") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class WithheldErrors(click.Group):
+    """An unexpected error is reported by its type and where it arose, never by its message:
+    a database or validation error can quote a row (a name, a birth date). Exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:  # the message is withheld on purpose
+            click.echo(
+                f"error: {type(exc).__name__} at {_where(exc)} (the message is withheld: it "
+                "may quote a client's data; the ids in the logs say which practice)",
+                err=True,
+            )
+            sys.exit(1)
+
+
+def _where(exc: BaseException) -> str:
+    """The innermost frame in this package, as `module.py:line`."""
+    package = Path(__file__).resolve().parent
+    where = "?"
+    for frame in traceback.extract_tb(exc.__traceback__):
+        path = Path(frame.filename).resolve()
+        if package in path.parents:
+            where = f"{path.relative_to(package)}:{frame.lineno}"
+    return where
+
+
+@click.group(cls=WithheldErrors, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Nightly billing automation for therapy practices (a Dagster code location)."""
     logging.getLogger("alembic").setLevel(logging.WARNING)

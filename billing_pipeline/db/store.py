@@ -111,6 +111,25 @@ def _cards(conn: Connection, account_id: str) -> dict[str, Card]:
     return {r.id: Card(r.id, r.brand, r.last4, r.exp_month, r.exp_year) for r in rows}
 
 
+# What the nightly rules read of a client: settings and ids. Never the name, email, birth date,
+# address or insurance id: what is not read cannot leak into an error or a log.
+CLIENT_SETTINGS_COLUMNS = (
+    m.Client.id,
+    m.Client.account_id,
+    m.Client.billing_contact_id,
+    m.Client.payment_method_id,
+    m.Client.auto_bill,
+    m.Client.superbills_enabled,
+    m.Client.autopay_enabled,
+    m.Client.share_bills,
+    m.Client.bill_delay_minutes,
+    m.Client.share_superbills,
+    m.Client.superbill_delay_minutes,
+    m.Client.share_statements,
+    m.Client.statement_delay_minutes,
+)
+
+
 def load_practice(conn: Connection, account_id: str) -> Practice:
     account = _account_view(
         conn.execute(select(m.Account.__table__).where(m.Account.id == account_id)).one()
@@ -119,7 +138,11 @@ def load_practice(conn: Connection, account_id: str) -> Practice:
     contacts = {
         r.id: ContactView(r.id, bool(r.autopay_enabled), cards.get(r.payment_method_id))
         for r in conn.execute(
-            select(m.BillingContact.__table__).where(m.BillingContact.account_id == account_id)
+            select(
+                m.BillingContact.id,
+                m.BillingContact.autopay_enabled,
+                m.BillingContact.payment_method_id,
+            ).where(m.BillingContact.account_id == account_id)
         )
     }
     clients = {
@@ -133,7 +156,9 @@ def load_practice(conn: Connection, account_id: str) -> Practice:
             sharing=_sharing(r),
             card=cards.get(r.payment_method_id),
         )
-        for r in conn.execute(select(m.Client.__table__).where(m.Client.account_id == account_id))
+        for r in conn.execute(
+            select(*CLIENT_SETTINGS_COLUMNS).where(m.Client.account_id == account_id)
+        )
     }
     return Practice(account, clients, contacts)
 
