@@ -1,9 +1,9 @@
 """Clock: the wall clock in production, a logical clock in `simulate`.
 
 Assets ask the clock two things: has a step's scheduled instant come for this practice, and
-what time to stamp on what it does. The wall clock answers with the real time. The logical
-clock runs every step exactly at its scheduled instant and ends the simulation at 00:00 on
-`until_date` in each practice's own zone.
+what time to stamp on what it does. The wall clock answers the first with the real time. The
+logical clock runs every step exactly at its scheduled instant and ends the simulation at 00:00
+on `until_date` in each practice's own zone. Both stamp the step's scheduled instant.
 """
 
 from __future__ import annotations
@@ -40,9 +40,11 @@ class Clock(dg.ConfigurableResource):
         return scheduled_at <= self.now_for(tz)
 
     def stamp(self, scheduled_at: datetime) -> datetime:
-        """The instant to record for a step scheduled at `scheduled_at`: exactly that in a
-        simulation; the real time in production (a late run or a backfill is stamped when it
-        actually happened)."""
-        if self.logical:
-            return scheduled_at
-        return max(datetime.now(UTC), scheduled_at)
+        """The instant recorded on what a step makes (a bill's `created_at`, an attempt's
+        `attempted_at`, a payment's `paid_at`): the step's scheduled instant, on both clocks.
+        Every rule that looks across assets (AutoPay takes the bills made by its night,
+        statements count a month's bills and payments, balances as of an instant) reads these
+        instants, so a run that comes late, or a backfill of last month that runs every night
+        in one go, does exactly what the schedule would have done on the night. When the work
+        really ran is in Dagster's run history, in an attempt's `claimed_at` and in Stripe."""
+        return scheduled_at

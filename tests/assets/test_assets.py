@@ -25,7 +25,7 @@ from billing_pipeline.db.store import (
     create_client,
     create_session,
 )
-from billing_pipeline.domain.calendar import local_date
+from billing_pipeline.domain.calendar import local_date, start_of_day
 from billing_pipeline.domain.sessions import Service, Session, SessionSource, SessionStatus
 from billing_pipeline.domain.settings import BillCreation, Sharing
 from billing_pipeline.localstripe_server import LocalStripe
@@ -398,8 +398,10 @@ def test_the_wall_clock_leaves_a_practice_whose_night_has_not_come(
     assert result.success
     made = rows(engine, m.Bill)
     assert [(b["account_id"], b["amount_cents"]) for b in made] == [("acct-kir", 15000)]
-    # Stamped with the real time of the run, not the scheduled midnight.
-    assert made[0]["created_at"] >= now
+    # Stamped with the scheduled instant, 00:00 after the night in Kiritimati, not the time
+    # the run happened to start: a late run or a backfill records what the schedule would.
+    assert made[0]["created_at"] == start_of_day(night + timedelta(days=1), "Pacific/Kiritimati")
+    assert made[0]["created_at"] <= now
     assert accounts_with(engine, m.NightStep) == {"acct-kir"}
     assert accounts_with(engine, m.EligibleSession) == {"acct-kir"}
     meta = metadata(result)["bills"]

@@ -1,0 +1,396 @@
+"""A month backfilled through Dagster's own machinery bills what the nightly schedule would have,
+and a second identical backfill creates nothing (README, "Done when"), on SQLite and PostgreSQL.
+
+The backfill is launched the way the UI launches one: the `launchPartitionBackfill` GraphQL
+mutation (run here by the `dagster-graphql` CLI against workspace.yaml) for the assets of
+`nightly_chain_job` and the 31 service dates Oct 1..31 2026. That stores an asset backfill in
+the instance, and the real `dagster-daemon run -w workspace.yaml` executes it: the backfill
+daemon plans runs from the assets' single-run backfill policy, the queued run coordinator
+dequeues them and the default run launcher starts them through the daemon's code server, with
+the production resources (the wall clock: every night is long past, so everything is due; what a
+step makes is stamped with its scheduled instant, as on the schedule).
+
+Dagster plans it as two runs: eligible_sessions .. autopay_attempts (and the superbills and the
+reconciliation) over Oct 1..31, then statements and delivery_queue over Oct 1..Nov 1: statements
+of a night read the AutoPay of the night before (a -1 partition mapping), so the backfill's
+downstream walk adds Nov 1 for them (its statements step, on Nov 2, makes nothing here).
+
+Why not `dagster job backfill`: that CLI launches one run per partition by itself, ignoring the
+single-run policy, and the queue starts those 31 runs up to max_concurrent_runs side by side,
+whereas a backfill must walk the nights in order as the schedule did.
+
+"What the schedule would have billed" is `billing-pipeline simulate` of the same range on a
+second fresh database: the logical clock runs every step at its scheduled instant, night after
+night (tests/contract checks that against hand-worked expectations). The reports are compared
+on everything that does not depend on when the work ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import stripe
+from dagster._core.events import DagsterEventType
+from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
+from dagster._core.instance.ref import InstanceRef
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    BACKFILL_ID_TAG,
+)
+from sqlalchemy import func, select
+
+from billing_pipeline.db import models as m
+from billing_pipeline.db.engine import get_engine
+from tests.conftest import create_pg_database, drop_pg_database
+from tests.contract.runner import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SCENARIO = ROOT / "tests" / "scenarios" / "backfill_month.json"
+FIRST, LAST = date(2026, 10, 1), date(2026, 10, 31)
+NIGHTS = [(FIRST + timedelta(days=i)).isoformat() for i in range((LAST - FIRST).days + 1)]
+BACKFILL_TIMEOUT_SECONDS = 300
+
+# The test instance: storage in the home folder (Dagster's default: SQLite), the default queued
+# run coordinator and run launcher, and production's pool limit (one nightly step at a time).
+INSTANCE_YAML = """\
+telemetry:
+  enabled: false
+concurrency:
+  pools:
+    default_limit: 1
+"""
+
+LAUNCH_BACKFILL = """
+mutation LaunchBackfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+    ... on PythonError { stack }
+  }
+}
+"""
+
+REPORT_LISTS = ("bills", "autopay_attempts", "superbills", "statements", "deliveries", "flags")
+# Our own document ids differ between two databases, and delivery state depends on when the
+# documents were shared (see _pause_ticks). Every other time is the step's scheduled instant on
+# both clocks, so it must match too.
+NOT_COMPARED = ("id", "document_id", "delivered_at", "bill_status_at_delivery")
+COUNTED_TABLES = (
+    "bills",
+    "bill_sessions",
+    "bill_lines",
+    "autopay_attempts",
+    "autopay_attempt_bills",
+    "payments",
+    "superbills",
+    "statements",
+    "documents",
+    "deliveries",
+    "portal_shares",
+    "check_flags",
+)
+
+
+# --- The CLI and the report ------------------------------------------------------------------
+
+
+def _ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
+    return done.stdout
+
+
+def _report(env: dict[str, str]) -> dict[str, Any]:
+    return json.loads(_ok(cli(env, "report", "--json")))
+
+
+def _comparable(report: dict[str, Any]) -> dict[str, Counter[str]]:
+    """The six lists as multisets of items without our ids and delivery state."""
+    return {
+        name: Counter(
+            json.dumps({k: v for k, v in item.items() if k not in NOT_COMPARED}, sort_keys=True)
+            for item in report[name]
+        )
+        for name in REPORT_LISTS
+    }
+
+
+def _differences(backfilled: dict[str, Any], scheduled: dict[str, Any]) -> str:
+    """What one report has and the other lacks, list by list (ids only: no PHI)."""
+    ours, theirs = _comparable(backfilled), _comparable(scheduled)
+    lines = []
+    for name in REPORT_LISTS:
+        for side, items in (
+            ("backfill only", ours[name] - theirs[name]),
+            ("schedule only", theirs[name] - ours[name]),
+        ):
+            lines += [f"{name}, {side} ({n}x): {item}" for item, n in sorted(items.items())]
+    return "\n".join(lines)
+
+
+def _row_counts(database_url: str) -> dict[str, int]:
+    """Rows in every table the nights write (a second run must add none, even unreported)."""
+    tables = m.Base.metadata.tables
+    with get_engine(database_url).connect() as conn:
+        return {
+            name: conn.execute(select(func.count()).select_from(tables[name])).scalar_one()
+            for name in COUNTED_TABLES
+        }
+
+
+def _succeeded_intents(env: dict[str, str]) -> list[str]:
+    """Ids of the succeeded PaymentIntents on this database's Stripe customers, read with the
+    real stripe SDK (the session's localstripe is shared by many databases)."""
+    with get_engine(env["BILLING_DATABASE_URL"]).connect() as conn:
+        customers = set(conn.execute(select(m.PaymentMethod.stripe_customer_id)).scalars())
+    client = stripe.StripeClient(
+        env["STRIPE_API_KEY"], base_addresses={"api": env["STRIPE_API_BASE"]}
+    )
+    intents = client.v1.payment_intents.list(params={"limit": 100}).auto_paging_iter()
+    return sorted(pi.id for pi in intents if pi.customer in customers and pi.status == "succeeded")
+
+
+@contextmanager
+def _second_database(env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A second, empty billing database on the same backend, with its own Dagster home."""
+    home = tmp_path / "dagster_home_simulate"
+    home.mkdir()
+    if env["BILLING_DATABASE_URL"].startswith("sqlite"):
+        url = f"sqlite:///{tmp_path / 'billing_simulate.db'}"
+        yield {**env, "BILLING_DATABASE_URL": url, "DAGSTER_HOME": str(home)}
+        return
+    url = create_pg_database()
+    try:
+        yield {**env, "BILLING_DATABASE_URL": url, "DAGSTER_HOME": str(home)}
+    finally:
+        drop_pg_database(url)
+
+
+def _scheduled_report(env: dict[str, str], tmp_path: Path) -> dict[str, Any]:
+    """What the nightly schedule would have made: simulate of the range, on its own database."""
+    with _second_database(env, tmp_path) as other:
+        _ok(cli(other, "scenario", "load", str(SCENARIO)))
+        _ok(cli(other, "simulate", "--from", FIRST.isoformat(), "--to", LAST.isoformat()))
+        return _report(other)
+
+
+# --- Dagster: the instance, the daemon, the backfill ----------------------------------------
+
+
+def _dagster(env: dict[str, str], *args: str, timeout: float = 120) -> str:
+    """A Dagster CLI command on the project's workspace.yaml, from the project root."""
+    done = subprocess.run(
+        [str(BIN / args[0]), *args[1:]],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=timeout,
+    )
+    return _ok(done)
+
+
+def _pause_ticks(env: dict[str, str]) -> None:
+    """Stop the two 15-minute schedules and the delivery sensor (RUNNING by default) before the
+    daemon starts. The daemon would run them too: a tick falling inside the test would run
+    tonight's steps on top of the backfill, and the sensor would share documents at wall-clock
+    minutes, so the reports would depend on when the test runs. Only the backfill runs here."""
+    for kind, name in (
+        ("schedule", "nightly_billing_schedule"),
+        ("schedule", "autopay_schedule"),
+        ("sensor", "deliver_due_documents"),
+    ):
+        _dagster(env, "dagster", kind, "stop", name, "-w", "workspace.yaml")
+
+
+@contextmanager
+def _daemon(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`dagster-daemon run -w workspace.yaml` as in production, until the block ends. Its own
+    process group holds its code server and run workers, so nothing outlives the test."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # stragglers of this daemon's own group only
+            except ProcessLookupError:
+                pass
+
+
+def _chain_asset_paths() -> list[list[str]]:
+    from billing_pipeline.definitions import defs
+
+    keys = defs.resolve_job_def("nightly_chain_job").asset_layer.executable_asset_keys
+    return [key.path for key in sorted(keys, key=lambda k: k.to_user_string())]
+
+
+def _launch_backfill(env: dict[str, str], tmp_path: Path, title: str) -> str:
+    """Launch the backfill exactly as the UI does (the GraphQL mutation), return its id."""
+    params = {
+        "assetSelection": [{"path": path} for path in _chain_asset_paths()],
+        "partitionNames": NIGHTS,
+        "title": title,
+    }
+    out = tmp_path / f"{title}.json"
+    _dagster(
+        env,
+        "dagster-graphql",
+        "-w",
+        "workspace.yaml",
+        "-t",
+        LAUNCH_BACKFILL,
+        "-v",
+        json.dumps({"params": params}),
+        "-o",
+        str(out),
+    )
+    result = json.loads(out.read_text())["data"]["launchPartitionBackfill"]
+    assert result["__typename"] == "LaunchBackfillSuccess", result
+    return result["backfillId"]
+
+
+def _diagnosis(instance: dg.DagsterInstance, backfill_id: str, log: Path) -> str:
+    """Why a backfill did not succeed: its status and error, each run's failure events (ids
+    only: no PHI), and the end of the daemon's log."""
+    backfill = instance.get_backfill(backfill_id)
+    lines = [f"backfill {backfill_id}: {backfill.status if backfill else 'missing'}"]
+    if backfill and backfill.error:
+        lines.append(backfill.error.to_string())
+    for run in instance.get_runs(filters=dg.RunsFilter.for_backfill(backfill_id)):
+        lines.append(f"run {run.run_id} {run.job_name}: {run.status}")
+        failures = instance.all_logs(
+            run.run_id,
+            of_type={
+                DagsterEventType.STEP_FAILURE,
+                DagsterEventType.RUN_FAILURE,
+                DagsterEventType.ENGINE_EVENT,
+            },
+        )
+        for entry in failures:
+            event = entry.dagster_event
+            error = getattr(event.event_specific_data, "error", None) if event else None
+            if event and (event.event_type != DagsterEventType.ENGINE_EVENT or error):
+                lines.append(f"  {event.event_type_value} {event.step_key or ''}: {entry.message}")
+                if error:
+                    lines.append("  " + error.to_string()[-3000:])
+    tail = log.read_text(errors="replace").splitlines()[-60:] if log.exists() else []
+    return "\n".join([*lines, "--- daemon log (end) ---", *tail])
+
+
+def _wait_for_backfill(
+    instance: dg.DagsterInstance,
+    backfill_id: str,
+    daemon: subprocess.Popen[bytes],
+    log: Path,
+) -> None:
+    """Poll until the daemon finishes the backfill; assert it and all its runs succeeded."""
+    deadline = time.monotonic() + BACKFILL_TIMEOUT_SECONDS
+    while True:
+        backfill = instance.get_backfill(backfill_id)
+        assert backfill is not None, f"backfill {backfill_id} is not in the instance"
+        if backfill.status in BULK_ACTION_TERMINAL_STATUSES:
+            break
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(
+                f"backfill not done ({daemon.returncode=}):\n"
+                + _diagnosis(instance, backfill_id, log),
+                pytrace=False,
+            )
+        time.sleep(2)
+    runs = instance.get_runs(filters=dg.RunsFilter.for_backfill(backfill_id))
+    if (
+        backfill.status != BulkActionStatus.COMPLETED_SUCCESS
+        or not runs
+        or any(r.status != dg.DagsterRunStatus.SUCCESS for r in runs)
+    ):
+        pytest.fail(_diagnosis(instance, backfill_id, log), pytrace=False)
+    return runs
+
+
+def _assert_in_run_history(instance: dg.DagsterInstance, backfill_id: str) -> None:
+    """The backfill's runs are in the instance's run history, tagged with it, and between them
+    they ran every asset of the night's chain over the whole range."""
+    runs = [r for r in instance.get_runs() if r.tags.get(BACKFILL_ID_TAG) == backfill_id]
+    assert runs, f"no run of backfill {backfill_id} in the run history"
+    ran = {key.path[-1] for r in runs for key in r.asset_selection or ()}
+    assert ran == {path[-1] for path in _chain_asset_paths()}, ran
+    for run in runs:
+        assert run.status == dg.DagsterRunStatus.SUCCESS, (run.run_id, run.status)
+        assert run.tags[ASSET_PARTITION_RANGE_START_TAG] == NIGHTS[0], run.tags
+        assert run.tags[ASSET_PARTITION_RANGE_END_TAG] >= NIGHTS[-1], run.tags
+
+
+# --- The test -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_backfilled_month_bills_what_the_schedule_would_have_and_only_once(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    assert datetime.now(UTC).date() > LAST + timedelta(days=2), "the month must be in the past"
+    scheduled = _scheduled_report(cli_env, tmp_path)
+
+    home = Path(cli_env["DAGSTER_HOME"])
+    (home / "dagster.yaml").write_text(INSTANCE_YAML)
+    _ok(cli(cli_env, "scenario", "load", str(SCENARIO)))
+    _pause_ticks(cli_env)
+    log = tmp_path / "daemon.log"
+    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    with instance, _daemon(cli_env, log) as daemon:
+        first_id = _launch_backfill(cli_env, tmp_path, "october-2026")
+        _wait_for_backfill(instance, first_id, daemon, log)
+        first = _report(cli_env)
+        rows = _row_counts(cli_env["BILLING_DATABASE_URL"])
+        charged = _succeeded_intents(cli_env)
+
+        second_id = _launch_backfill(cli_env, tmp_path, "october-2026-again")
+        _wait_for_backfill(instance, second_id, daemon, log)
+        _assert_in_run_history(instance, first_id)
+        _assert_in_run_history(instance, second_id)
+
+    # The second backfill created nothing and charged no one again.
+    assert first["bills"] and charged, "the first backfill made nothing to compare"
+    assert _report(cli_env) == first
+    assert _row_counts(cli_env["BILLING_DATABASE_URL"]) == rows
+    assert _succeeded_intents(cli_env) == charged
+
+    # The first backfill billed what the schedule would have (which is not nothing).
+    outcomes = Counter(a["outcome"] for a in scheduled["autopay_attempts"])
+    assert len(scheduled["bills"]) >= 10 and {b["status"] for b in scheduled["bills"]} == {
+        "paid",
+        "open",
+    }
+    assert outcomes["succeeded"] >= 5 and outcomes["declined"] >= 1, outcomes
+    assert scheduled["superbills"] and scheduled["statements"] and scheduled["flags"]
+    assert not (diff := _differences(first, scheduled)), diff
+    assert len(charged) == outcomes["succeeded"]
