@@ -20,8 +20,21 @@ from billing_pipeline.localstripe_server import LocalStripe
 PG_ADMIN_URL = os.environ.get(
     "BILLING_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CONTRACT = Path(os.environ.get("BILLING_CONTRACT_DIR", SHARED / "contract"))
+
+
+def _contract_dir() -> Path:
+    """The shared contract (scenarios, schemas, check_report.py): BILLING_CONTRACT_DIR, else
+    `shared/contract` beside the checkout or above it."""
+    if os.environ.get("BILLING_CONTRACT_DIR"):
+        return Path(os.environ["BILLING_CONTRACT_DIR"])
+    root = Path(__file__).resolve().parents[1]
+    for folder in root.parents:
+        if (folder / "shared" / "contract" / "check_report.py").is_file():
+            return folder / "shared" / "contract"
+    return root.parent / "shared" / "contract"
+
+
+CONTRACT = _contract_dir()
 SCENARIOS = Path(__file__).with_name("scenarios")
 
 
@@ -89,6 +102,14 @@ def cli_env(database_url: str, localstripe: LocalStripe, tmp_path: Path) -> dict
         "DAGSTER_HOME": str(home),
         "BILLING_DATA_DIR": str(tmp_path / "data"),
     }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not (CONTRACT / "check_report.py").is_file():
+        raise pytest.UsageError(
+            f"the shared contract is not at {CONTRACT}: set BILLING_CONTRACT_DIR to the folder "
+            "that holds check_report.py and scenarios/"
+        )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
