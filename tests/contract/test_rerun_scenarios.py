@@ -9,23 +9,27 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import create_pg_database, drop_pg_database
-from tests.contract.runner import check, cli, how, run_scenario
+from tests.contract.runner import (
+    REPORT_LISTS,
+    check,
+    cli,
+    how,
+    report_multisets,
+    report_of,
+    run_scenario,
+    second_env,
+)
 
 OWN_DIR = Path(__file__).resolve().parents[1] / "scenarios"
 SCENARIO = OWN_DIR / "autopay_retries.json"
 EXPECTED = OWN_DIR / "autopay_retries.expected.json"
 FIRST, LAST = how(json.loads(EXPECTED.read_text()))
-REPORT_LISTS = ("bills", "autopay_attempts", "superbills", "statements", "deliveries", "flags")
 # Our own document ids differ between two databases; everything else must not.
 ID_KEYS = ("id", "document_id")
 
@@ -35,27 +39,10 @@ def _simulate(env: dict[str, str], first: str, last: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout
 
 
-def _report(env: dict[str, str]) -> dict[str, Any]:
-    done = cli(env, "report", "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
 def _lists(report: dict[str, Any]) -> dict[str, list[str]]:
     """The six lists, each as sorted canonical JSON items (ids included)."""
     return {
         name: sorted(json.dumps(item, sort_keys=True) for item in report[name])
-        for name in REPORT_LISTS
-    }
-
-
-def _multisets(report: dict[str, Any]) -> dict[str, Counter[str]]:
-    """The six lists as multisets of items without our own document ids."""
-    return {
-        name: Counter(
-            json.dumps({k: v for k, v in item.items() if k not in ID_KEYS}, sort_keys=True)
-            for item in report[name]
-        )
         for name in REPORT_LISTS
     }
 
@@ -70,26 +57,6 @@ def _payment_intents(env: dict[str, str]) -> int:
         return int(json.load(response)["total_count"])
 
 
-@contextmanager
-def _fresh_env(env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A second, empty billing database on the same backend, with its own Dagster home."""
-    home = tmp_path / "dagster_home_2"
-    home.mkdir()
-    url = env["BILLING_DATABASE_URL"]
-    if url.startswith("sqlite"):
-        yield {
-            **env,
-            "BILLING_DATABASE_URL": f"sqlite:///{tmp_path / 'billing_2.db'}",
-            "DAGSTER_HOME": str(home),
-        }
-        return
-    url = create_pg_database()
-    try:
-        yield {**env, "BILLING_DATABASE_URL": url, "DAGSTER_HOME": str(home)}
-    finally:
-        drop_pg_database(url)
-
-
 @pytest.mark.slow
 def test_running_again_and_overlapping_ranges_change_nothing(
     cli_env: dict[str, str], tmp_path: Path
@@ -100,14 +67,14 @@ def test_running_again_and_overlapping_ranges_change_nothing(
     assert charged >= len(single["autopay_attempts"]) > 0
 
     _simulate(cli_env, FIRST, LAST)  # the same range again
-    assert _lists(_report(cli_env)) == _lists(single)
+    assert _lists(report_of(cli_env)) == _lists(single)
 
     # Overlapping ranges: one that starts two nights earlier (nights with nothing of their own)
     # and ends inside the range, one inside it across the 1st and the superbill day.
     start = (date.fromisoformat(FIRST) - timedelta(days=2)).isoformat()
     _simulate(cli_env, start, "2026-11-30")
     _simulate(cli_env, "2026-11-30", "2026-12-02")
-    again = _report(cli_env)
+    again = report_of(cli_env)
     assert _lists(again) == _lists(single)
     assert check(EXPECTED, again, tmp_path) == ""
     assert _payment_intents(cli_env) == charged, "a re-run called Stripe to charge again"
@@ -123,9 +90,9 @@ def test_night_by_night_gives_the_same_report_as_one_range(
     while night <= date.fromisoformat(LAST):
         _simulate(cli_env, night.isoformat(), night.isoformat())
         night += timedelta(days=1)
-    nightly = _report(cli_env)
+    nightly = report_of(cli_env)
     assert check(EXPECTED, nightly, tmp_path) == ""
 
-    with _fresh_env(cli_env, tmp_path) as other:
+    with second_env(cli_env, tmp_path) as other:
         whole = run_scenario(other, SCENARIO, EXPECTED)
-    assert _multisets(nightly) == _multisets(whole)
+    assert report_multisets(nightly, ID_KEYS) == report_multisets(whole, ID_KEYS)

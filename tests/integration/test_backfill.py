@@ -55,8 +55,7 @@ from sqlalchemy import func, select
 
 from billing_pipeline.db import models as m
 from billing_pipeline.db.engine import get_engine
-from tests.conftest import create_pg_database, drop_pg_database
-from tests.contract.runner import cli
+from tests.contract.runner import REPORT_LISTS, cli, report_multisets, report_of, second_env
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -86,7 +85,6 @@ mutation LaunchBackfill($params: LaunchBackfillParams!) {
 }
 """
 
-REPORT_LISTS = ("bills", "autopay_attempts", "superbills", "statements", "deliveries", "flags")
 # Our own document ids differ between two databases, and delivery state depends on when the
 # documents were shared (see _pause_ticks). Every other time is the step's scheduled instant on
 # both clocks, so it must match too.
@@ -115,24 +113,10 @@ def _ok(done: subprocess.CompletedProcess[str]) -> str:
     return done.stdout
 
 
-def _report(env: dict[str, str]) -> dict[str, Any]:
-    return json.loads(_ok(cli(env, "report", "--json")))
-
-
-def _comparable(report: dict[str, Any]) -> dict[str, Counter[str]]:
-    """The six lists as multisets of items without our ids and delivery state."""
-    return {
-        name: Counter(
-            json.dumps({k: v for k, v in item.items() if k not in NOT_COMPARED}, sort_keys=True)
-            for item in report[name]
-        )
-        for name in REPORT_LISTS
-    }
-
-
 def _differences(backfilled: dict[str, Any], scheduled: dict[str, Any]) -> str:
     """What one report has and the other lacks, list by list (ids only: no PHI)."""
-    ours, theirs = _comparable(backfilled), _comparable(scheduled)
+    ours = report_multisets(backfilled, NOT_COMPARED)
+    theirs = report_multisets(scheduled, NOT_COMPARED)
     lines = []
     for name in REPORT_LISTS:
         for side, items in (
@@ -165,28 +149,12 @@ def _succeeded_intents(env: dict[str, str]) -> list[str]:
     return sorted(pi.id for pi in intents if pi.customer in customers and pi.status == "succeeded")
 
 
-@contextmanager
-def _second_database(env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A second, empty billing database on the same backend, with its own Dagster home."""
-    home = tmp_path / "dagster_home_simulate"
-    home.mkdir()
-    if env["BILLING_DATABASE_URL"].startswith("sqlite"):
-        url = f"sqlite:///{tmp_path / 'billing_simulate.db'}"
-        yield {**env, "BILLING_DATABASE_URL": url, "DAGSTER_HOME": str(home)}
-        return
-    url = create_pg_database()
-    try:
-        yield {**env, "BILLING_DATABASE_URL": url, "DAGSTER_HOME": str(home)}
-    finally:
-        drop_pg_database(url)
-
-
 def _scheduled_report(env: dict[str, str], tmp_path: Path) -> dict[str, Any]:
     """What the nightly schedule would have made: simulate of the range, on its own database."""
-    with _second_database(env, tmp_path) as other:
+    with second_env(env, tmp_path) as other:
         _ok(cli(other, "scenario", "load", str(SCENARIO)))
         _ok(cli(other, "simulate", "--from", FIRST.isoformat(), "--to", LAST.isoformat()))
-        return _report(other)
+        return report_of(other)
 
 
 # --- Dagster: the instance, the daemon, the backfill ----------------------------------------
@@ -369,7 +337,7 @@ def test_a_backfilled_month_bills_what_the_schedule_would_have_and_only_once(
     with instance, _daemon(cli_env, log) as daemon:
         first_id = _launch_backfill(cli_env, tmp_path, "october-2026")
         _wait_for_backfill(instance, first_id, daemon, log)
-        first = _report(cli_env)
+        first = report_of(cli_env)
         rows = _row_counts(cli_env["BILLING_DATABASE_URL"])
         charged = _succeeded_intents(cli_env)
 
@@ -380,7 +348,7 @@ def test_a_backfilled_month_bills_what_the_schedule_would_have_and_only_once(
 
     # The second backfill created nothing and charged no one again.
     assert first["bills"] and charged, "the first backfill made nothing to compare"
-    assert _report(cli_env) == first
+    assert report_of(cli_env) == first
     assert _row_counts(cli_env["BILLING_DATABASE_URL"]) == rows
     assert _succeeded_intents(cli_env) == charged
 
