@@ -57,7 +57,12 @@ def for_each_practice_night(
                     skipped.add("not_due_yet")
                     figures.append(skipped)
                     continue
-                figures.append(work(account, night, clock.stamp(scheduled)))
+                # Stamped with the scheduled instant (a bill's created_at, an attempt's
+                # attempted_at, a payment's paid_at) on either clock: every rule that looks
+                # across assets reads these instants, so a late run or a backfill does what the
+                # schedule would have done that night. When the work really ran is in the run
+                # history, an attempt's claimed_at and Stripe.
+                figures.append(work(account, night, scheduled))
             except Exception as exc:
                 # The exception's text may quote row values: only its type is logged.
                 failed[account.id] = f"{night}: {type(exc).__name__}"

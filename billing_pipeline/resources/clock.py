@@ -3,7 +3,8 @@
 Assets ask the clock two things: has a step's scheduled instant come for this practice, and
 what time to stamp on what it does. The wall clock answers the first with the real time. The
 logical clock runs every step exactly at its scheduled instant and ends the simulation at 00:00
-on `until_date` in each practice's own zone. Both stamp the step's scheduled instant.
+on `until_date` in each practice's own zone. What a step makes is stamped with the step's
+scheduled instant on both clocks (assets/common.py says why).
 """
 
 from __future__ import annotations
@@ -38,13 +39,3 @@ class Clock(dg.ConfigurableResource):
 
     def is_due(self, scheduled_at: datetime, tz: str) -> bool:
         return scheduled_at <= self.now_for(tz)
-
-    def stamp(self, scheduled_at: datetime) -> datetime:
-        """The instant recorded on what a step makes (a bill's `created_at`, an attempt's
-        `attempted_at`, a payment's `paid_at`): the step's scheduled instant, on both clocks.
-        Every rule that looks across assets (AutoPay takes the bills made by its night,
-        statements count a month's bills and payments, balances as of an instant) reads these
-        instants, so a run that comes late, or a backfill of last month that runs every night
-        in one go, does exactly what the schedule would have done on the night. When the work
-        really ran is in Dagster's run history, in an attempt's `claimed_at` and in Stripe."""
-        return scheduled_at
