@@ -1,10 +1,11 @@
 """Loading a scenario file: checked whole, cards registered in Stripe, written in one transaction.
 
 A scenario (../shared/contract/README.md) is refused as a whole when any part of it is wrong:
-the JSON Schema first, then what a schema cannot say (real IANA zones, instants with an offset,
-references between records, unique ids, defaults history in time order). The message names the
-JSON path of the first bad field in document order, and never echoes personal data or a card
-number.
+its shape first (size, nesting depth, integers beyond the INTEGER columns, duplicate keys, NUL
+characters: see `strict_json`), then the JSON Schema, then what a schema cannot say (real IANA
+zones, instants with an offset, references between records, unique ids, defaults history in
+time order, session amounts the INTEGER columns hold). The message names the JSON path of the
+first bad field in document order, and never echoes personal data or a card number.
 
 Only then are the cards registered in Stripe (their numbers never reach the database), and
 everything is written in one transaction through the same `store` functions production uses:
@@ -15,6 +16,7 @@ write fails, the transaction rolls back and the Stripe customers made for it are
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,7 +34,7 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import DBAPIError
 
 from billing_pipeline.db import models as m
-from billing_pipeline.db import store
+from billing_pipeline.db import store, strict_json
 from billing_pipeline.domain.calendar import UnknownTimezone, zone
 from billing_pipeline.domain.sessions import Service, Session, SessionSource, SessionStatus
 from billing_pipeline.domain.settings import (
@@ -56,6 +58,16 @@ SECRET = "(value withheld)"
 
 PathPart = str | int
 _CHUNK = 500
+
+# Limits on the shape of a file, checked before anything else.
+MAX_BYTES = 50 * 1024 * 1024  # a larger file is refused before it is read
+MAX_BYTES_VARIABLE = "BILLING_SCENARIO_MAX_BYTES"  # overrides MAX_BYTES (tests use it)
+MAX_DEPTH = 64  # arrays and objects nested deeper (a scenario needs 5 levels)
+# Every integer of a scenario goes into an INTEGER column (db/models.py: units, fee_cents,
+# delays, card expiry, ...): 32 bits on PostgreSQL. Anything beyond is refused while parsing,
+# never by the database.
+INT32_MAX = 2**31 - 1
+INTEGER_RANGE = (-(2**31), INT32_MAX)
 
 
 # --- Errors ----------------------------------------------------------------------------------
@@ -145,25 +157,61 @@ def _first(doc: object, problems: Iterable[_Problem]) -> _Problem | None:
 # --- Reading the file ------------------------------------------------------------------------
 
 
-def read_scenario(path: Path) -> object:
-    """The parsed JSON of a scenario file; ScenarioError when it cannot be read or parsed."""
+def max_bytes() -> int:
+    """The largest scenario file read: BILLING_SCENARIO_MAX_BYTES, else MAX_BYTES."""
+    raw = os.environ.get(MAX_BYTES_VARIABLE, "").strip()
+    if not raw:
+        return MAX_BYTES
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ScenarioError(
+            "", f"{MAX_BYTES_VARIABLE}={raw[:40]!r} is not a positive whole number of bytes"
+        )
+    return limit
+
+
+def _too_big(size: int | None, limit: int) -> ScenarioError:
+    measured = f"is {size:,} bytes, over" if size is not None else "is over"
+    return ScenarioError(
+        "", f"{measured} the limit of {limit:,} bytes (set {MAX_BYTES_VARIABLE} to change it)"
+    )
+
+
+def read_scenario(path: Path) -> object:
+    """The parsed JSON of a scenario file; ScenarioError when it cannot be read or parsed, or
+    has a shape a scenario must not have (see `strict_json`): too big, nested too deep,
+    integers out of the database's range, duplicate keys, NUL characters."""
+    limit = max_bytes()
+    try:
+        with Path(path).open("rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size > limit:  # refused before reading it
+                raise _too_big(size, limit)
+            data = file.read(limit + 1)  # the size may be unknown (a pipe) or may have grown
     except FileNotFoundError:
         raise ScenarioError("", "no such file") from None
     except IsADirectoryError:
         raise ScenarioError("", "is a directory, not a scenario file") from None
-    except UnicodeDecodeError:
-        raise ScenarioError("", "is not UTF-8 text") from None
     except OSError as err:
         raise ScenarioError("", f"cannot be read ({err.strerror or type(err).__name__})") from None
+    if len(data) > limit:
+        raise _too_big(None, limit)
     try:
-        return json.loads(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ScenarioError("", "is not UTF-8 text") from None
+    try:
+        return strict_json.loads(text, max_depth=MAX_DEPTH, int_range=INTEGER_RANGE)
     except json.JSONDecodeError as err:
         # err.msg describes the syntax only; the document's text is not repeated.
         raise ScenarioError(
             "", f"not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
         ) from None
+    except strict_json.StrictJSONError as err:
+        raise ScenarioError(format_path(err.parts), err.problem) from None
 
 
 # --- The schema ------------------------------------------------------------------------------
@@ -684,6 +732,7 @@ class _Checker:
             if not ok:
                 self.problem((*parts, "client_id"), f"unknown client {client_id!r}")
             starts_at = self.instant((*parts, "starts_at"), item["starts_at"])
+            ok = self.amount(parts, item["services"]) and ok
             if not ok or starts_at is None or item["id"] not in ids or item["id"] in done:
                 continue
             done.add(item["id"])
@@ -707,6 +756,22 @@ class _Checker:
                 )
             )
         return built
+
+    def amount(self, parts: tuple[PathPart, ...], services: Sequence[Mapping[str, Any]]) -> bool:
+        """A session's amount (units times fee, summed) is stored in 32-bit INTEGER columns
+        (eligible sessions, bill lines): one that cannot be is refused here, not by PostgreSQL
+        on the night it is billed."""
+        total = 0
+        for j, service in enumerate(services):
+            total += int(service.get("units", 1)) * int(service["fee_cents"])
+            if total > INT32_MAX:
+                self.problem(
+                    (*parts, "services", j),
+                    f"the session's amount reaches {total:,} cents, more than the database "
+                    f"holds ({INT32_MAX:,})",
+                )
+                return False
+        return True
 
 
 def _whole_numbers(values: Mapping[str, Any]) -> dict[str, Any]:

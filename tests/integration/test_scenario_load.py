@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 import stripe
+from click.testing import CliRunner
 from sqlalchemy import Engine, func, select
 
+from billing_pipeline.cli import main
 from billing_pipeline.db import loader, store
 from billing_pipeline.db import models as m
 from billing_pipeline.db.loader import (
@@ -428,6 +430,21 @@ BAD: list[tuple[str, Callable[[dict[str, Any]], None], str, str | None]] = [
         None,
     ),
     (
+        "session_amount_beyond_32_bits",
+        _set(
+            "sessions",
+            0,
+            "services",
+            value=[
+                {"units": 20, "fee_cents": 100_000_000},
+                {"units": 2, "fee_cents": 100_000_000},
+            ],
+        ),
+        "sessions[0].services[1]: the session's amount reaches 2,200,000,000 cents, more than "
+        "the database holds (2,147,483,647)",
+        None,
+    ),
+    (
         "first_error_in_document_order",
         lambda d: (
             _set("sessions", 0, "client_id", value="cl-x")(d),
@@ -648,3 +665,231 @@ def test_cards_need_stripe_but_a_file_without_cards_does_not(
     summary = load_scenario(write(tmp_path, no_cards), engine, Payments())
     assert summary == LoadSummary(1, 1, 1, 1, 0)
     assert str(summary) == ("1 account, 1 billing contact, 1 client, 1 session, 0 payment methods")
+
+
+# --- Hostile shapes ------------------------------------------------------------------------------
+# Each file is second_doc() as JSON text with one thing made hostile. It is refused as a whole
+# with the path of the place, before anything is written, quoting no personal data.
+
+PERSONAL_VALUES = ("Ada", "Lin", "ada@", "eve@", "1990", "F41", "Lee Moe", "lee@", "Kim Poe")
+TOO_DEEP = "arrays and objects nested more than 64 levels deep"
+OUT_OF_INT32 = "is outside the range -2,147,483,648..2,147,483,647"
+
+
+def second_text(old: str, new: str) -> str:
+    """second_doc() as JSON text, with the one occurrence of `old` replaced by `new`."""
+    text = json.dumps(second_doc(), indent=2)
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
+@pytest.fixture
+def loaded(engine: Engine, payments: Payments, tmp_path: Path) -> Engine:
+    """The database with first_doc() in it: what a refused file must leave as it was."""
+    load_scenario(write(tmp_path, first_doc(), "first.json"), engine, payments)
+    return engine
+
+
+def refused(engine: Engine, payments: Payments, path: Path) -> str:
+    """The message of the ScenarioError loading `path` raises; the database is unchanged."""
+    before = snapshot(engine)
+    with pytest.raises(ScenarioError) as raised:
+        load_scenario(path, engine, payments)
+    assert snapshot(engine) == before, "the database changed"
+    message = str(raised.value)
+    assert "\n" not in message and "\x00" not in message
+    assert not [v for v in PERSONAL_VALUES if v in message], message
+    return message
+
+
+def test_deep_nesting_is_refused_naming_where_it_got_too_deep(
+    loaded: Engine, payments: Payments, tmp_path: Path
+) -> None:
+    # modifiers is at depth 6 (document, sessions, session, services, service, modifiers):
+    # the 65th level is reached after 59 more.
+    deep_arrays = "sessions[0].services[0].modifiers" + "[0]" * 59
+    # settings is at depth 4: the 65th level is its 61st nested "a".
+    deep_objects = "clients[0].settings" + ".a" * 61
+    cases = {
+        # json.loads itself fails (RecursionError) on these: the path comes from a scan.
+        "arrays_10000": second_text(
+            '"cpt": "90834"', '"cpt": "90834", "modifiers": ' + "[" * 10_000 + "]" * 10_000
+        ),
+        "objects_10000": second_text(
+            '"settings": {}', '"settings": ' + '{"a": ' * 10_000 + "1" + "}" * 10_000
+        ),
+        # json.loads copes with these: the path comes from the parsed document.
+        "arrays_100": second_text(
+            '"cpt": "90834"', '"cpt": "90834", "modifiers": ' + "[" * 100 + "]" * 100
+        ),
+        "objects_100": second_text(
+            '"settings": {}', '"settings": ' + '{"a": ' * 100 + "1" + "}" * 100
+        ),
+    }
+    expected = {
+        "arrays_10000": f"{deep_arrays}: {TOO_DEEP}",
+        "objects_10000": f"{deep_objects}: {TOO_DEEP}",
+        "arrays_100": f"{deep_arrays}: {TOO_DEEP}",
+        "objects_100": f"{deep_objects}: {TOO_DEEP}",
+    }
+    messages = {
+        case: refused(loaded, payments, write(tmp_path, text, f"{case}.json"))
+        for case, text in cases.items()
+    }
+    assert messages == expected
+    # 64 levels are allowed (the schema then refuses what they hold).
+    at_limit = second_text('"settings": {}', '"settings": ' + '{"a": ' * 60 + "1" + "}" * 60)
+    assert "nested" not in refused(loaded, payments, write(tmp_path, at_limit, "at_limit.json"))
+
+
+def test_integers_beyond_32_bits_are_refused_before_the_database_sees_them(
+    loaded: Engine, payments: Payments, tmp_path: Path
+) -> None:
+    fee = "sessions[0].services[0].fee_cents"
+    cases = {
+        # Python's int() refuses more than 4300 digits with a bare ValueError.
+        "fee_5000_digits": (
+            second_text('"fee_cents": 15000', '"fee_cents": ' + "9" * 5000),
+            f"{fee}: integer with 5000 digits {OUT_OF_INT32}",
+        ),
+        # More than a PostgreSQL INTEGER or BIGINT column holds.
+        "fee_30_digits": (
+            second_text('"fee_cents": 15000', '"fee_cents": ' + "1" * 30),
+            f"{fee}: integer with 30 digits {OUT_OF_INT32}",
+        ),
+        "fee_negative_30_digits": (
+            second_text('"fee_cents": 15000', '"fee_cents": -' + "1" * 30),
+            f"{fee}: integer with 30 digits {OUT_OF_INT32}",
+        ),
+        "units_just_beyond_int32": (
+            second_text('"units": 1', '"units": 2147483648'),
+            f"sessions[0].services[0].units: integer with 10 digits {OUT_OF_INT32}",
+        ),
+        # In a personal field the message says no more than anywhere else.
+        "phone_30_digits": (
+            second_text('"id": "acct-3",', '"id": "acct-3", "phone": ' + "5" * 30 + ","),
+            f"accounts[1].phone: integer with 30 digits {OUT_OF_INT32}",
+        ),
+        "fee_too_large_a_number": (
+            second_text('"fee_cents": 15000', '"fee_cents": 1e999'),
+            f"{fee}: number is too large to represent",
+        ),
+        "fee_nan": (
+            second_text('"fee_cents": 15000', '"fee_cents": NaN'),
+            f"{fee}: NaN is not a JSON number",
+        ),
+        # The largest INTEGER passes the parse; the schema's own maximum then refuses it.
+        "fee_int32_max": (
+            second_text('"fee_cents": 15000', '"fee_cents": 2147483647'),
+            f"{fee}: 2147483647 is greater than the maximum of 100000000",
+        ),
+    }
+    messages = {
+        case: refused(loaded, payments, write(tmp_path, text, f"{case}.json"))
+        for case, (text, _message) in cases.items()
+    }
+    assert messages == {case: message for case, (_text, message) in cases.items()}
+    assert "5" * 12 not in messages["phone_30_digits"]
+
+
+def test_duplicate_keys_are_refused_naming_the_key(
+    loaded: Engine, payments: Payments, tmp_path: Path
+) -> None:
+    cases = {
+        "client_email": (
+            second_text(
+                '"email": "ada@example.com"',
+                '"email": "ada@example.com", "email": "eve@example.com"',
+            ),
+            'clients[0].email: duplicate key "email" in an object (JSON would keep only the last)',
+        ),
+        "fee": (
+            second_text('"fee_cents": 15000', '"fee_cents": 15000, "fee_cents": 0'),
+            'sessions[0].services[0].fee_cents: duplicate key "fee_cents" in an object '
+            "(JSON would keep only the last)",
+        ),
+        "top_level": (
+            second_text('"sessions": [', '"sessions": [], "sessions": ['),
+            'sessions: duplicate key "sessions" in an object (JSON would keep only the last)',
+        ),
+    }
+    messages = {
+        case: refused(loaded, payments, write(tmp_path, text, f"{case}.json"))
+        for case, (text, _message) in cases.items()
+    }
+    assert messages == {case: message for case, (_text, message) in cases.items()}
+
+
+def test_nul_characters_are_refused_wherever_they_are(
+    loaded: Engine, payments: Payments, tmp_path: Path
+) -> None:
+    cases = {
+        "client_name": (
+            second_text('"name": "Ada Lin"', '"name": "Ada\\u0000Lin"'),
+            "clients[0].name: contains a NUL character (\\u0000)",
+        ),
+        "diagnosis": (
+            second_text('"F41.1"', '"F41.1\\u0000"'),
+            "clients[0].diagnoses[0]: contains a NUL character (\\u0000)",
+        ),
+        "session_id": (
+            second_text('"id": "s-2"', '"id": "s-2\\u0000"'),
+            "sessions[0].id: contains a NUL character (\\u0000)",
+        ),
+        "key": (
+            second_text('"settings": {}', '"settings": {"x\\u0000": true}'),
+            'clients[0].settings["x\\u0000"]: key contains a NUL character',
+        ),
+    }
+    messages = {
+        case: refused(loaded, payments, write(tmp_path, text, f"{case}.json"))
+        for case, (text, _message) in cases.items()
+    }
+    assert messages == {case: message for case, (_text, message) in cases.items()}
+
+
+def test_files_over_the_size_limit_are_refused_before_they_are_read(
+    loaded: Engine, payments: Payments, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sparse file of 10 GiB: reading it whole would take long and all the memory.
+    huge = tmp_path / "huge.json"
+    with huge.open("wb") as file:
+        file.truncate(10 * 2**30)
+    assert refused(loaded, payments, huge) == (
+        "is 10,737,418,240 bytes, over the limit of 52,428,800 bytes "
+        "(set BILLING_SCENARIO_MAX_BYTES to change it)"
+    )
+    assert loader.MAX_BYTES == 50 * 2**20
+
+    path = write(tmp_path, second_doc())
+    size = path.stat().st_size
+    monkeypatch.setenv("BILLING_SCENARIO_MAX_BYTES", str(size - 1))
+    assert refused(loaded, payments, path) == (
+        f"is {size:,} bytes, over the limit of {size - 1:,} bytes "
+        "(set BILLING_SCENARIO_MAX_BYTES to change it)"
+    )
+    monkeypatch.setenv("BILLING_SCENARIO_MAX_BYTES", "lots")
+    assert refused(loaded, payments, path) == (
+        "BILLING_SCENARIO_MAX_BYTES='lots' is not a positive whole number of bytes"
+    )
+    monkeypatch.setenv("BILLING_SCENARIO_MAX_BYTES", str(size))  # at the limit: it loads
+    assert load_scenario(path, loaded, payments) == LoadSummary(2, 2, 1, 1, 1)
+
+
+def test_the_cli_refuses_a_hostile_file_with_exit_code_2(
+    loaded: Engine, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path,
+        second_text(
+            '"cpt": "90834"', '"cpt": "90834", "modifiers": ' + "[" * 10_000 + "]" * 10_000
+        ),
+        "deep.json",
+    )
+    before = snapshot(loaded)
+    result = CliRunner().invoke(main, ["scenario", "load", str(path)], env=cli_env)
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"Error: {path}: sessions[0].services[0].modifiers{'[0]' * 59}: {TOO_DEEP}\n"
+    )
+    assert snapshot(loaded) == before
