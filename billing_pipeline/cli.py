@@ -48,13 +48,20 @@ def _date(value: str, name: str) -> date:
 
 class WithheldErrors(click.Group):
     """An unexpected error is reported by its type and where it arose, never by its message:
-    a database or validation error can quote a row (a name, a birth date). Exit code 1."""
+    a database or validation error can quote a row (a name, a birth date). Exit code 1.
+    A SafeMessageError (a bad setting, a database that is busy or does not answer) carries
+    no PHI: its message is printed, with its exit code."""
 
     def invoke(self, ctx: click.Context) -> object:
+        from billing_pipeline.errors import SafeMessageError
+
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except SafeMessageError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
         except Exception as exc:  # the message is withheld on purpose
             click.echo(
                 f"error: {type(exc).__name__} at {_where(exc)} (the message is withheld: it "
@@ -138,6 +145,8 @@ def simulate_cmd(first: str, last: str) -> None:
         f"{result.delivered} documents shared"
     )
     if not result.success:
+        for problem in result.problems:
+            click.echo(f"failed check {problem}", err=True)
         click.echo(f"failed runs: {', '.join(result.failed)}", err=True)
         sys.exit(1)
 

@@ -7,13 +7,20 @@ would add ~3 s per step for nothing.
 from datetime import UTC, datetime
 
 import dagster as dg
+from sqlalchemy import select
 
 from billing_pipeline.assets.autopay import autopay_attempts, statements
 from billing_pipeline.assets.billing import bills, superbills
 from billing_pipeline.assets.delivery import delivery_queue
 from billing_pipeline.assets.reconciliation import payment_reconciliations
 from billing_pipeline.assets.sessions import eligible_sessions, resolved_settings
-from billing_pipeline.db.deliveries import due_deliveries, mark_delivered
+from billing_pipeline.db import models as m
+from billing_pipeline.db.deliveries import (
+    due_deliveries,
+    due_reshares,
+    mark_delivered,
+    mark_reshared,
+)
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.notifier import Notifier
@@ -59,22 +66,43 @@ def share_due_documents(
     context: dg.OpExecutionContext, db: BillingDatabase, clock: Clock, notifier: Notifier
 ) -> dg.Output[int]:
     """Share every document whose time has come, once: the delivery row is updated only while
-    still undelivered, so a second run finds it done. A bill is shared as it stands then."""
+    still undelivered, so a second run finds it done. A bill is shared as it stands then, and
+    not while an AutoPay attempt on it is in flight (up to the notifier's wait); a bill shared
+    before its outcome was known is shared again once paid."""
+    wait = notifier.outcome_wait()
     with db.engine.connect() as conn:
-        due = due_deliveries(conn, clock.now_for, limit=DELIVERY_BATCH)
+        due = due_deliveries(conn, clock.now_for, limit=DELIVERY_BATCH, outcome_wait=wait)
+        reshares = due_reshares(conn, limit=DELIVERY_BATCH)
     shared = 0
     for delivery in due:
         at = delivery.scheduled_at if clock.logical else datetime.now(UTC)
 
         def write(conn, d=delivery, t=at) -> bool:  # type: ignore[no-untyped-def]
-            done = mark_delivered(conn, d, t)
+            done = mark_delivered(conn, d, t, wait)
             if done:
-                notifier.share(conn, d, t)
+                status = conn.execute(
+                    select(m.Delivery.bill_status_at_delivery).where(m.Delivery.id == d.id)
+                ).scalar_one()
+                notifier.share(conn, d, t, bill_status=status)
             return done
 
         shared += db.transact(write)
-    context.log.info(f"shared {shared} of {len(due)} due documents")
-    return dg.Output(shared, metadata={"due": len(due), "shared": shared})
+    reshared = 0
+    for reshare in reshares:
+        now = datetime.now(UTC)
+
+        def write_again(conn, r=reshare, t=now) -> bool:  # type: ignore[no-untyped-def]
+            done = mark_reshared(conn, r.delivery.id, t)
+            if done:
+                notifier.share(conn, r.delivery, t, revision=1, bill_status=r.bill_status)
+            return done
+
+        reshared += db.transact(write_again)
+    context.log.info(
+        f"shared {shared} of {len(due)} due documents; shared {reshared} bill(s) again now "
+        "that AutoPay settled them"
+    )
+    return dg.Output(shared, metadata={"due": len(due), "shared": shared, "shared_again": reshared})
 
 
 @dg.job(executor_def=dg.in_process_executor)

@@ -10,13 +10,14 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from billing_pipeline.db.deliveries import due_deliveries
+from billing_pipeline.db.deliveries import due_deliveries, due_reshares
 from billing_pipeline.db.store import list_accounts
 from billing_pipeline.domain.schedule import due_nights
 from billing_pipeline.jobs import autopay_job, deliver_documents_job, nightly_billing_job
 from billing_pipeline.partitions import ACCOUNTS_TAG, DATABASE_TAG
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
+from billing_pipeline.resources.notifier import Notifier
 
 TICK_CRON = "*/15 * * * *"
 
@@ -81,7 +82,7 @@ IN_FLIGHT = [
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def deliver_due_documents(
-    context: dg.SensorEvaluationContext, db: BillingDatabase, clock: Clock
+    context: dg.SensorEvaluationContext, db: BillingDatabase, clock: Clock, notifier: Notifier
 ) -> dg.RunRequest | dg.SkipReason:
     """Launches a delivery run when documents fall due, one at a time per billing database
     (a second run would find the documents done; this only saves the work)."""
@@ -94,9 +95,9 @@ def deliver_due_documents(
     if running:
         return dg.SkipReason("a delivery run is already in flight")
     with db.engine.connect() as conn:
-        due = due_deliveries(conn, clock.now_for, limit=1)
-    if not due:
+        due = due_deliveries(conn, clock.now_for, limit=1, outcome_wait=notifier.outcome_wait())
+        again = due_reshares(conn, limit=1)
+    if not due and not again:
         return dg.SkipReason("nothing is due")
-    return dg.RunRequest(
-        tags={"billing/first_due": due[0].scheduled_at.isoformat(), DATABASE_TAG: database}
-    )
+    first = due[0].scheduled_at if due else again[0].delivery.scheduled_at
+    return dg.RunRequest(tags={"billing/first_due": first.isoformat(), DATABASE_TAG: database})

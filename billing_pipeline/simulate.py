@@ -40,6 +40,7 @@ MAX_DELIVERY_RUNS = 100
 class SimulationResult:
     run_ids: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # failed checks: ids and counts only
     delivered: int = 0
 
     @property
@@ -72,6 +73,7 @@ def simulate(first: date, last: date, instance: dg.DagsterInstance) -> Simulatio
     from billing_pipeline.definitions import defs
     from billing_pipeline.resources.clock import Clock
     from billing_pipeline.resources.database import BillingDatabase
+    from billing_pipeline.resources.notifier import Notifier
 
     if last < first:
         raise ValueError(f"--to {last} is before --from {first}")
@@ -93,15 +95,18 @@ def simulate(first: date, last: date, instance: dg.DagsterInstance) -> Simulatio
     )
     result.run_ids.append(run.run_id)
     if not run.success:
+        # As in production, where the delivery sensor runs whatever a chain run did: what is
+        # due is still shared (a bill whose AutoPay is not settled is held by the rules).
         result.failed.append(run.run_id)
-        return result
+        result.problems.extend(failed_checks(run))
 
     sensor = defs.resolve_sensor_def("deliver_due_documents")
     deliver = defs.resolve_job_def("deliver_documents_job")
     clock = Clock(mode="logical", until_date=until.isoformat())
     for _ in range(MAX_DELIVERY_RUNS):
         with dg.build_sensor_context(
-            instance=instance, resources={"db": BillingDatabase(), "clock": clock}
+            instance=instance,
+            resources={"db": BillingDatabase(), "clock": clock, "notifier": Notifier()},
         ) as context:
             evaluation = sensor(context)
         requests = [r for r in _as_list(evaluation) if isinstance(r, dg.RunRequest)]
@@ -120,6 +125,23 @@ def simulate(first: date, last: date, instance: dg.DagsterInstance) -> Simulatio
                 return result
             result.delivered += int(run.output_for_node("share_due_documents"))
     return result
+
+
+def failed_checks(run: dg.ExecuteInProcessResult) -> list[str]:
+    """The ERROR checks that failed in a run, as 'asset.check: description' (the practices'
+    ids, nights and counts: never a name)."""
+    out = []
+    for event in run.all_events:
+        if event.event_type_value != "ASSET_CHECK_EVALUATION":
+            continue
+        evaluation = event.event_specific_data
+        if evaluation.passed or evaluation.severity != dg.AssetCheckSeverity.ERROR:
+            continue
+        out.append(
+            f"{evaluation.asset_key.to_user_string()}.{evaluation.check_name}: "
+            f"{evaluation.description or 'failed'}"
+        )
+    return out
 
 
 def _as_list(evaluation: object) -> list[object]:

@@ -1,6 +1,7 @@
 """autopay_attempts and statements: AutoPay at 00:30, and the monthly statements (made at
 00:00 on the 1st, after the AutoPay of the nights before)."""
 
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 
 import dagster as dg
@@ -17,22 +18,43 @@ from billing_pipeline.assets.common import (
 from billing_pipeline.assets.sessions import NIGHTLY
 from billing_pipeline.checks.invariants import no_bill_paid_twice
 from billing_pipeline.db.nightly import NightFigures, create_statements
+from billing_pipeline.db.owners import ClaimOwner, OwnerProbe
 from billing_pipeline.db.store import AccountView
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.payments import Payments
-from billing_pipeline.services.autopay import BILLS_NOT_MADE, run_autopay_night
+from billing_pipeline.services.autopay import (
+    BILLS_NOT_MADE,
+    owner_gone_rule,
+    run_autopay_night,
+)
 
 UNKNOWN_OUTCOMES = ("left_pending_for_reconciliation", "reconcile_stripe_unavailable")
 
 
 class AutopayConfig(dg.Config):
-    """How long a pending attempt is left to the run that claimed it before reconciliation
-    settles it with Stripe. Keep it above the longest a charge can take (Payments'
-    `max_call_seconds()`, ~5 minutes with the defaults), or reconciliation could send again
-    a charge a live run is still waiting on. Tests that kill a run set it to 0."""
+    """How AutoPay holds its claims. A run owns the attempts it claims: a lock that dies with
+    its process, and a lease it renews every quarter of `lease_seconds`. The next run settles a
+    dead owner's attempts at once; a live owner's are left alone."""
 
-    reconcile_after_seconds: int = Field(default=600, ge=0)
+    lease_seconds: int = Field(default=60, ge=1, description="Lease on a run's pending claims.")
+    claim_batch_size: int = Field(
+        default=16, ge=1, description="Attempts claimed at a time, just before they are charged."
+    )
+
+
+def run_ended(instance: dg.DagsterInstance) -> Callable[[str], bool]:
+    """Dagster's word on another run: failed or canceled (run monitoring marks a run whose
+    worker died failed) means its claims are nobody's. Unknown runs are not taken as ended."""
+
+    def ended(run_id: str) -> bool:
+        run = instance.get_run_by_id(run_id)
+        return run is not None and run.status in (
+            dg.DagsterRunStatus.FAILURE,
+            dg.DagsterRunStatus.CANCELED,
+        )
+
+    return ended
 
 
 @dg.asset(
@@ -40,7 +62,7 @@ class AutopayConfig(dg.Config):
     deps=[bills],
     check_specs=[
         dg.AssetCheckSpec("no_bill_paid_twice", asset="autopay_attempts", blocking=True),
-        practice_check_spec("autopay_attempts"),
+        practice_check_spec("autopay_attempts", blocking=True),
     ],
     retry_policy=dg.RetryPolicy(
         max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
@@ -57,6 +79,7 @@ def autopay_attempts(
     AutoPay is on at the account, the client and the billing contact, with a card that has not
     expired. Each attempt is recorded before Stripe is called and never made twice."""
     failed: dict[str, str] = {}
+    run_id = context.run.run_id
 
     def one(account: AccountView, night: date, at: datetime) -> NightFigures:
         result = run_autopay_night(
@@ -65,8 +88,10 @@ def autopay_attempts(
             account.id,
             night,
             at,
-            run_id=context.run.run_id,
-            stale_after=timedelta(seconds=config.reconcile_after_seconds),
+            owner=owner,
+            owner_gone=owner_gone,
+            run_id=run_id,
+            batch_size=config.claim_batch_size,
         )
         if result.counts.get(BILLS_NOT_MADE):
             context.log.warning(
@@ -74,19 +99,18 @@ def autopay_attempts(
             )
         unknown = sum(result.counts.get(k, 0) for k in UNKNOWN_OUTCOMES)
         if unknown:
-            context.log.warning(
-                f"AutoPay account {account.id} night {night}: {unknown} attempt(s) with no "
-                "known outcome (Stripe unreachable, 5xx or 429); the next run reconciles them"
+            # The practice's AutoPay is not done: the run fails once every practice ran, and
+            # the next run settles these with Stripe before anything is sent again.
+            failed[account.id] = (
+                f"{night}: {unknown} attempt(s) with no known outcome (Stripe unreachable, "
+                "5xx or 429)"
             )
+            context.log.error(f"AutoPay account {account.id}: {failed[account.id]}")
         return result
 
-    if config.reconcile_after_seconds < payments.max_call_seconds():
-        context.log.warning(
-            f"reconcile_after_seconds={config.reconcile_after_seconds} is below the longest a "
-            f"charge can take ({payments.max_call_seconds():.0f} s): safe only when no other "
-            "run is charging this practice"
-        )
-    figures = for_each_practice_night(context, db, clock, "autopay", one, failed)
+    with ClaimOwner(db.engine, run_id, timedelta(seconds=config.lease_seconds)) as owner:
+        owner_gone = owner_gone_rule(OwnerProbe(db.engine), run_ended(context.instance))
+        figures = for_each_practice_night(context, db, clock, "autopay", one, failed)
     with db.engine.connect() as conn:
         check = no_bill_paid_twice(conn)
     return dg.MaterializeResult(
@@ -101,6 +125,7 @@ def autopay_attempts(
                 "left_pending_for_reconciliation",
                 "reconciled_succeeded",
                 "resent_after_reconciliation",
+                "pending_in_another_run",
                 "already_attempted",
                 "claimed_by_another_run",
                 BILLS_NOT_MADE,

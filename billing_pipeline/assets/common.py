@@ -12,6 +12,7 @@ from sqlalchemy import Connection
 from billing_pipeline.db.nightly import NightFigures
 from billing_pipeline.db.store import AccountView, Practice, list_accounts, load_practice
 from billing_pipeline.domain.schedule import step_instant
+from billing_pipeline.errors import SafeMessageError
 from billing_pipeline.partitions import ACCOUNTS_TAG
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
@@ -64,10 +65,13 @@ def for_each_practice_night(
                 # history, an attempt's claimed_at and Stripe.
                 figures.append(work(account, night, scheduled))
             except Exception as exc:
-                # The exception's text may quote row values: only its type is logged.
-                failed[account.id] = f"{night}: {type(exc).__name__}"
+                # The exception's text may quote row values: only its type is logged, unless
+                # it is a SafeMessageError, built to carry no PHI (a database that is busy
+                # names its tables and timeout, one that does not answer its host).
+                why = str(exc) if isinstance(exc, SafeMessageError) else type(exc).__name__
+                failed[account.id] = f"{night}: {why}"
                 context.log.error(
-                    f"practice {account.id} night {night} failed ({type(exc).__name__}); "
+                    f"practice {account.id} night {night} failed ({why}); "
                     "its work was rolled back, other practices go on"
                 )
     return figures
@@ -92,10 +96,13 @@ def for_each_night(
 EVERY_PRACTICE_DONE = "every_practice_done"
 
 
-def practice_check_spec(asset: str) -> dg.AssetCheckSpec:
+def practice_check_spec(asset: str, *, blocking: bool = False) -> dg.AssetCheckSpec:
+    """Blocking where a practice's failure must fail the run (AutoPay: money whose outcome is
+    not known): the step fails after every other practice ran."""
     return dg.AssetCheckSpec(
         EVERY_PRACTICE_DONE,
         asset=asset,
+        blocking=blocking,
         description="Every practice's night was done; a practice whose data broke the step "
         "is named here (the other practices went on).",
     )

@@ -2,12 +2,13 @@
 
 import dagster as dg
 
-from billing_pipeline.assets.autopay import autopay_attempts
+from billing_pipeline.assets.autopay import autopay_attempts, run_ended
 from billing_pipeline.assets.common import run_accounts, run_nights
 from billing_pipeline.assets.sessions import NIGHTLY
+from billing_pipeline.db.owners import OwnerProbe
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.payments import Payments
-from billing_pipeline.services.autopay import ledger_drift
+from billing_pipeline.services.autopay import ledger_drift, owner_gone_rule
 
 CHECK = "stripe_charges_match_payments"
 
@@ -19,6 +20,8 @@ CHECK = "stripe_charges_match_payments"
         dg.AssetCheckSpec(
             CHECK,
             asset="payment_reconciliations",
+            # Drift fails the run (after the figures are recorded): finance must not miss it.
+            blocking=True,
             description="Stripe's succeeded AutoPay charges and our payment rows agree, night "
             "by night: no charge we do not know, no payment Stripe does not have, no amount "
             "that differs, no attempt charged twice.",
@@ -33,7 +36,13 @@ def payment_reconciliations(
     check and is logged as an error, with Stripe and attempt ids only (never a name)."""
     nights = run_nights(context)
     accounts = [a.id for a in run_accounts(context, db)]
-    drift = ledger_drift(db, payments, accounts, nights)
+    drift = ledger_drift(
+        db,
+        payments,
+        accounts,
+        nights,
+        owner_gone_rule(OwnerProbe(db.engine), run_ended(context.instance)),
+    )
     totals: dict[str, int] = {}
     per_night: dict[str, dict[str, int]] = {}
     details: dict[str, dict[str, list[str]]] = {}

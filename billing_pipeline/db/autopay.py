@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from billing_pipeline.db import models as m
@@ -117,6 +117,8 @@ def claim_attempt(
     payment_method_id: str,
     bills: list[OpenBill],
     attempted_at: datetime,
+    owner: str,
+    lease_expires_at: datetime,
 ) -> ClaimedAttempt | ClaimRefused:
     """Insert the pending attempt and the bills it covers, or say why not: another run holds
     the key or an attempt in flight for this client, or the bills changed since they were
@@ -144,6 +146,8 @@ def claim_attempt(
                     status=Outcome.PENDING.value,
                     attempted_at=attempted_at,
                     claimed_at=datetime.now(UTC),
+                    owner=owner,
+                    lease_expires_at=lease_expires_at,
                 )
                 .returning(m.AutopayAttempt.id)
             ).scalar_one()
@@ -285,6 +289,20 @@ def record_outcome(
             .where(and_(m.Bill.id.in_(bill_ids), m.Bill.status == "open"))
             .values(status="paid", paid_at=at)
         )
+        # A bill that went out before this outcome was known (it had waited past the limit)
+        # is shared again, now paid: the client's copy is not wrong for long.
+        conn.execute(
+            update(m.Delivery.__table__)
+            .where(
+                and_(
+                    m.Delivery.document_type == "bill",
+                    m.Delivery.document_id.in_(bill_ids),
+                    m.Delivery.shared_before_outcome.is_(True),
+                    m.Delivery.reshare_due_at.is_(None),
+                )
+            )
+            .values(reshare_due_at=datetime.now(UTC))
+        )
     return True
 
 
@@ -300,6 +318,8 @@ class PendingAttempt:
     stripe_payment_intent_id: str | None
     attempted_at: datetime
     claimed_at: datetime
+    owner: str | None
+    lease_expires_at: datetime | None
 
 
 def pending_attempts(conn: Connection, account_id: str | None = None) -> list[PendingAttempt]:
@@ -317,6 +337,8 @@ def pending_attempts(conn: Connection, account_id: str | None = None) -> list[Pe
             a.stripe_payment_intent_id,
             a.attempted_at,
             a.claimed_at,
+            a.owner,
+            a.lease_expires_at,
         )
         .join(m.PaymentMethod, m.PaymentMethod.id == a.payment_method_id)
         .where(a.status == Outcome.PENDING.value)
@@ -326,20 +348,25 @@ def pending_attempts(conn: Connection, account_id: str | None = None) -> list[Pe
     return [PendingAttempt(**r._asdict()) for r in conn.execute(query.order_by(a.id))]
 
 
-def take_over(conn: Connection, attempt: PendingAttempt, now: datetime) -> bool:
-    """Take a stale pending attempt for reconciliation: only one run can, because the claim
-    time must still be the one we read (compare and set)."""
+def take_over(
+    conn: Connection, attempt: PendingAttempt, owner: str, lease_expires_at: datetime
+) -> bool:
+    """Take a dead owner's pending attempt over, to settle it: only one run can, because its
+    owner and claim time must still be the ones we read (compare and set)."""
+    a = m.AutopayAttempt
+    same_owner = a.owner.is_(None) if attempt.owner is None else a.owner == attempt.owner
     return bool(
         conn.execute(
-            update(m.AutopayAttempt.__table__)
+            update(a.__table__)
             .where(
                 and_(
-                    m.AutopayAttempt.id == attempt.id,
-                    m.AutopayAttempt.status == Outcome.PENDING.value,
-                    m.AutopayAttempt.claimed_at == attempt.claimed_at,
+                    a.id == attempt.id,
+                    a.status == Outcome.PENDING.value,
+                    a.claimed_at == attempt.claimed_at,
+                    same_owner,
                 )
             )
-            .values(claimed_at=now)
+            .values(claimed_at=datetime.now(UTC), owner=owner, lease_expires_at=lease_expires_at)
         ).rowcount
     )
 
@@ -377,24 +404,68 @@ def note_unknown(
 # --- Finance -----------------------------------------------------------------------------------
 
 
-def recorded_payments(
-    conn: Connection, account_ids: list[str], nights: list[date]
-) -> list[LedgerEntry]:
-    """Our payment rows for these practices' nights, as ledger entries."""
+@dataclass(frozen=True)
+class Books:
+    """Our side of a reconciliation, read in one statement (one snapshot): the payments of
+    these nights' attempts, and the attempts still pending with their owners."""
+
+    payments: list[LedgerEntry]
+    pending: list[PendingAttempt]
+
+
+def books(conn: Connection, account_ids: list[str], nights: list[date]) -> Books:
+    a = m.AutopayAttempt
     rows = conn.execute(
         select(
-            m.Payment.stripe_payment_intent_id,
-            m.Payment.attempt_id,
-            m.AutopayAttempt.night,
-            m.Payment.amount_cents,
+            a.id,
+            a.client_id,
+            a.night,
+            a.idempotency_key,
+            a.payment_method_id,
+            a.amount_cents,
+            a.stripe_payment_intent_id,
+            a.attempted_at,
+            a.claimed_at,
+            a.owner,
+            a.lease_expires_at,
+            a.status,
+            m.Payment.stripe_payment_intent_id.label("paid_intent"),
+            m.Payment.amount_cents.label("paid_cents"),
         )
-        .join(m.AutopayAttempt, m.AutopayAttempt.id == m.Payment.attempt_id)
-        .where(and_(m.Payment.account_id.in_(account_ids), m.AutopayAttempt.night.in_(nights)))
+        .outerjoin(m.Payment, m.Payment.attempt_id == a.id)
+        .where(
+            and_(
+                a.account_id.in_(account_ids),
+                a.night.in_(nights),
+                or_(a.status == Outcome.PENDING.value, m.Payment.id.is_not(None)),
+            )
+        )
+    ).all()
+    return Books(
+        payments=[
+            LedgerEntry(r.paid_intent, str(r.id), r.night, r.paid_cents)
+            for r in rows
+            if r.paid_intent is not None
+        ],
+        pending=[
+            PendingAttempt(
+                id=r.id,
+                client_id=r.client_id,
+                night=r.night,
+                idempotency_key=r.idempotency_key,
+                payment_method_id=r.payment_method_id,
+                stripe_customer_id="",
+                amount_cents=r.amount_cents,
+                stripe_payment_intent_id=r.stripe_payment_intent_id,
+                attempted_at=r.attempted_at,
+                claimed_at=r.claimed_at,
+                owner=r.owner,
+                lease_expires_at=r.lease_expires_at,
+            )
+            for r in rows
+            if r.status == Outcome.PENDING.value
+        ],
     )
-    return [
-        LedgerEntry(r.stripe_payment_intent_id, str(r.attempt_id), r.night, r.amount_cents)
-        for r in rows
-    ]
 
 
 def stripe_customers(conn: Connection, account_ids: list[str]) -> set[str]:

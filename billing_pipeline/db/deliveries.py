@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, and_, select, update
+from sqlalchemy import Connection, and_, func, or_, select, update
 
 from billing_pipeline.db import models as m
-from billing_pipeline.domain.delivery import bill_status_at
+from billing_pipeline.domain.autopay import Outcome
+from billing_pipeline.domain.delivery import (
+    DEFAULT_OUTCOME_WAIT,
+    bill_status_at,
+    outcome_wait_over,
+)
 
 
 @dataclass(frozen=True)
@@ -25,52 +30,172 @@ class DueDelivery:
     scheduled_at: datetime
 
 
+def _pending_claim_of_bill():  # type: ignore[no-untyped-def]
+    """When the newest attempt still in flight on the delivery's bill was claimed (NULL when
+    none is): a bill is not shared before its AutoPay outcome is known."""
+    return (
+        select(func.max(m.AutopayAttempt.claimed_at))
+        .join(m.AutopayAttemptBill, m.AutopayAttemptBill.attempt_id == m.AutopayAttempt.id)
+        .where(
+            and_(
+                m.Delivery.document_type == "bill",
+                m.AutopayAttemptBill.bill_id == m.Delivery.document_id,
+                m.AutopayAttempt.status == Outcome.PENDING.value,
+            )
+        )
+        .scalar_subquery()
+    )
+
+
+def _autopay_done():  # type: ignore[no-untyped-def]
+    return (
+        select(m.NightStep.night)
+        .where(
+            and_(
+                m.NightStep.account_id == m.Delivery.account_id,
+                m.NightStep.night == m.Delivery.night,
+                m.NightStep.step == "autopay",
+            )
+        )
+        .exists()
+    )
+
+
 def due_deliveries(
-    conn: Connection, now_for: Callable[[str], datetime], limit: int | None = None
+    conn: Connection,
+    now_for: Callable[[str], datetime],
+    limit: int | None = None,
+    outcome_wait: timedelta = DEFAULT_OUTCOME_WAIT,
 ) -> list[DueDelivery]:
-    """Undelivered deliveries whose time has come in their practice's clock, not waiting for
-    AutoPay, oldest first."""
+    """Undelivered deliveries whose time has come in their practice's clock, oldest first.
+
+    A bill due after its night's AutoPay waits until that AutoPay ran for the practice, and
+    then while an attempt on it is in flight or unsettled, so that it is never shared as open
+    when it was paid. Past `outcome_wait` (real time, from its due time or the attempt's claim,
+    whichever is later) it goes out as it stands, and is shared again if the attempt pays it."""
+    claimed = _pending_claim_of_bill().label("pending_claimed_at")
     rows = conn.execute(
-        select(m.Delivery.__table__, m.Account.timezone)
+        select(m.Delivery.__table__, m.Account.timezone, claimed)
         .join(m.Account, m.Account.id == m.Delivery.account_id)
-        .where(and_(m.Delivery.delivered_at.is_(None), m.Delivery.wait_for_autopay.is_(False)))
+        .where(
+            and_(
+                m.Delivery.delivered_at.is_(None),
+                or_(m.Delivery.wait_for_autopay.is_(False), _autopay_done()),
+            )
+        )
         .order_by(m.Delivery.scheduled_at, m.Delivery.id)
     )
     now_cache: dict[str, datetime] = {}
+    real_now = datetime.now(UTC)
     due = []
     for r in rows:
         now = now_cache.setdefault(r.timezone, now_for(r.timezone))
-        if r.scheduled_at <= now:
-            due.append(
-                DueDelivery(
-                    r.id,
-                    r.account_id,
-                    r.timezone,
-                    r.client_id,
-                    r.document_type,
-                    r.document_id,
-                    r.recipient,
-                    r.recipient_id,
-                    r.scheduled_at,
-                )
+        if r.scheduled_at > now:
+            continue
+        if not outcome_wait_over(r.pending_claimed_at, r.scheduled_at, real_now, outcome_wait):
+            continue
+        due.append(
+            DueDelivery(
+                r.id,
+                r.account_id,
+                r.timezone,
+                r.client_id,
+                r.document_type,
+                r.document_id,
+                r.recipient,
+                r.recipient_id,
+                r.scheduled_at,
             )
-            if limit is not None and len(due) >= limit:
-                break
+        )
+        if limit is not None and len(due) >= limit:
+            break
     return due
 
 
-def mark_delivered(conn: Connection, delivery: DueDelivery, delivered_at: datetime) -> bool:
+def mark_delivered(
+    conn: Connection,
+    delivery: DueDelivery,
+    delivered_at: datetime,
+    outcome_wait: timedelta = DEFAULT_OUTCOME_WAIT,
+) -> bool:
     """Record the delivery as made, with the bill's status at that instant; False when another
-    run delivered it first (the document is never shared twice)."""
+    run delivered it first (the document is never shared twice), or when an AutoPay attempt
+    on the bill is in flight again and has not waited out `outcome_wait`."""
     status = None
+    before_outcome = False
     if delivery.document_type == "bill":
         paid_at = conn.execute(
             select(m.Bill.paid_at).where(m.Bill.id == delivery.document_id)
         ).scalar_one()
         status = bill_status_at(paid_at, delivered_at)
+        pending_claimed = conn.execute(
+            select(_pending_claim_of_bill()).where(m.Delivery.id == delivery.id)
+        ).scalar_one_or_none()
+        if not outcome_wait_over(
+            pending_claimed, delivery.scheduled_at, datetime.now(UTC), outcome_wait
+        ):
+            return False
+        before_outcome = pending_claimed is not None
     changed = conn.execute(
         update(m.Delivery.__table__)
         .where(and_(m.Delivery.id == delivery.id, m.Delivery.delivered_at.is_(None)))
-        .values(delivered_at=delivered_at, bill_status_at_delivery=status)
+        .values(
+            delivered_at=delivered_at,
+            bill_status_at_delivery=status,
+            shared_before_outcome=before_outcome,
+        )
     ).rowcount
     return bool(changed)
+
+
+@dataclass(frozen=True)
+class Reshare:
+    delivery: DueDelivery
+    bill_status: str
+
+
+def due_reshares(conn: Connection, limit: int | None = None) -> list[Reshare]:
+    """Bills shared before their AutoPay outcome was known whose attempt has since paid them:
+    each is shared again, once."""
+    query = (
+        select(m.Delivery.__table__, m.Account.timezone, m.Bill.status.label("bill_status"))
+        .join(m.Account, m.Account.id == m.Delivery.account_id)
+        .join(m.Bill, m.Bill.id == m.Delivery.document_id)
+        .where(
+            and_(
+                m.Delivery.document_type == "bill",
+                m.Delivery.reshare_due_at.is_not(None),
+                m.Delivery.reshared_at.is_(None),
+            )
+        )
+        .order_by(m.Delivery.reshare_due_at, m.Delivery.id)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return [
+        Reshare(
+            DueDelivery(
+                r.id,
+                r.account_id,
+                r.timezone,
+                r.client_id,
+                r.document_type,
+                r.document_id,
+                r.recipient,
+                r.recipient_id,
+                r.scheduled_at,
+            ),
+            r.bill_status,
+        )
+        for r in conn.execute(query)
+    ]
+
+
+def mark_reshared(conn: Connection, delivery_id: int, at: datetime) -> bool:
+    return bool(
+        conn.execute(
+            update(m.Delivery.__table__)
+            .where(and_(m.Delivery.id == delivery_id, m.Delivery.reshared_at.is_(None)))
+            .values(reshared_at=at)
+        ).rowcount
+    )

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -275,6 +276,10 @@ class AutopayAttempt(Base):
     # Wall-clock time of the claim (attempted_at is the night's, logical in a simulation):
     # reconciliation leaves a pending attempt alone while another run may still be calling.
     claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Who holds the attempt while it is pending (a run's owner token) and until when its lease
+    # runs; a dead owner's attempts are settled by the next run at once (services/autopay.py).
+    owner: Mapped[str | None] = mapped_column(String(160))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     __table_args__ = (
         CheckConstraint("amount_cents > 0", name="amount"),
@@ -368,6 +373,13 @@ class Delivery(Base):
     wait_for_autopay: Mapped[bool] = mapped_column(Boolean, default=False)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     bill_status_at_delivery: Mapped[str | None] = mapped_column(String(8))
+    # A bill shared while an AutoPay attempt on it was still unsettled (it had waited past the
+    # limit) is shared again when that attempt pays it.
+    shared_before_outcome: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
+    reshare_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reshared_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     __table_args__ = (
         UniqueConstraint("document_type", "document_id"),
         CheckConstraint("document_type IN ('bill','superbill','statement')", name="type"),
@@ -380,13 +392,17 @@ class PortalShare(Base):
 
     __tablename__ = "portal_shares"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id"), unique=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id"))
+    # 0: the first share; 1: the bill shared again once its AutoPay outcome was known.
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    bill_status: Mapped[str | None] = mapped_column(String(8))
     client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"), index=True)
     recipient: Mapped[str] = mapped_column(String(16))
     recipient_id: Mapped[str] = mapped_column(ID)
     document_type: Mapped[str] = mapped_column(String(16))
     document_id: Mapped[int] = mapped_column(Integer)
     shared_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (UniqueConstraint("delivery_id", "revision"),)
 
 
 class CheckFlag(Base):

@@ -4,10 +4,12 @@ attempt Stripe never saw, and how finance compares our payments with Stripe's ch
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from enum import StrEnum
+
+from billing_pipeline.domain.calendar import require_aware
 
 MAX_DECLINES_IN_A_ROW = 3
 
@@ -86,6 +88,28 @@ def charge_amount(open_bill_amounts: Sequence[int]) -> int:
     if any(not isinstance(a, int) or isinstance(a, bool) or a < 0 for a in open_bill_amounts):
         raise ValueError("bill amounts must be non-negative integer cents")
     return sum(open_bill_amounts)
+
+
+# --- Whose is a pending attempt -----------------------------------------------------------------
+
+
+def owner_is_dead(
+    *,
+    lease_expires_at: datetime | None,
+    now: datetime,
+    lock_released: bool | None,
+    run_ended: bool = False,
+) -> bool:
+    """Whether the run that claimed a pending attempt is gone, so that this run may settle it
+    now. It is gone when the lock its process held was released (the database or the kernel
+    frees it the moment the process dies), when Dagster marked its run ended, or when its
+    lease ran out (a process that stopped renewing it). An attempt with no lease at all was
+    claimed before leases existed: nobody renews it."""
+    if lock_released or run_ended:
+        return True
+    if lease_expires_at is None:
+        return True
+    return require_aware(lease_expires_at, "lease_expires_at") <= require_aware(now, "now")
 
 
 # --- An attempt Stripe never saw --------------------------------------------------------------
@@ -167,10 +191,16 @@ class LedgerDrift:
         }
 
 
-def compare_ledgers(stripe: Sequence[LedgerEntry], ours: Sequence[LedgerEntry]) -> LedgerDrift:
+def compare_ledgers(
+    stripe: Sequence[LedgerEntry],
+    ours: Sequence[LedgerEntry],
+    in_flight: Collection[str] = (),
+) -> LedgerDrift:
     """Stripe's succeeded charges carrying our metadata against our payment rows, matched by
-    PaymentIntent id. Any difference is drift that finance must see."""
-    by_intent = {e.payment_intent_id: e for e in stripe}
+    PaymentIntent id. Any difference is drift that finance must see, except a charge of an
+    attempt that a live run is still charging (`in_flight`, attempt ids): its outcome is on
+    its way to our books, and counting it would be a false alarm whenever two runs overlap."""
+    by_intent = {e.payment_intent_id: e for e in stripe if e.attempt_id not in in_flight}
     ours_by_intent = {e.payment_intent_id: e for e in ours}
     per_attempt: dict[str, int] = {}
     for e in stripe:

@@ -43,6 +43,25 @@ def plan_delivery(
     )
 
 
+DEFAULT_OUTCOME_WAIT = timedelta(hours=6)
+
+
+def outcome_wait_over(
+    pending_claimed_at: datetime | None,
+    scheduled_at: datetime,
+    now: datetime,
+    limit: timedelta = DEFAULT_OUTCOME_WAIT,
+) -> bool:
+    """Whether a bill may be shared now as far as AutoPay goes: no attempt on it is in flight
+    (`pending_claimed_at` is None), or the bill has waited `limit` since it fell due and since
+    the attempt was claimed (a real wait: a backfill's due times are long past), and then goes
+    out as it stands. `now` is the real time."""
+    if pending_claimed_at is None:
+        return True
+    since = max(require_aware(scheduled_at), require_aware(pending_claimed_at))
+    return require_aware(now) >= since + limit
+
+
 def bill_status_at(paid_at: datetime | None, at: datetime) -> str:
     """A bill is shared as it stands at delivery: paid if its payment came at or before."""
     if paid_at is not None and require_aware(paid_at) <= require_aware(at):

@@ -6,34 +6,61 @@ later issue also sends an email with a portal link (never the document, never PH
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import dagster as dg
-from sqlalchemy import Connection, insert, select
+from pydantic import Field
+from sqlalchemy import Connection, and_, insert, select
 
 from billing_pipeline.db import models as m
 from billing_pipeline.db.deliveries import DueDelivery
+from billing_pipeline.domain.delivery import DEFAULT_OUTCOME_WAIT
 
 
 class Notifier(dg.ConfigurableResource):
     """Shares documents in the client portal."""
 
     portal_base_url: str = "https://portal.example.invalid"
+    outcome_wait_minutes: int = Field(
+        default=int(DEFAULT_OUTCOME_WAIT.total_seconds() // 60),
+        ge=0,
+        description="How long a bill due for sharing waits for an AutoPay attempt in flight on "
+        "it to settle before it goes out as it stands (it is shared again once paid).",
+    )
 
-    def share(self, conn: Connection, delivery: DueDelivery, shared_at: datetime) -> None:
-        """Record the share once (a re-run finds it there)."""
+    def outcome_wait(self) -> timedelta:
+        return timedelta(minutes=self.outcome_wait_minutes)
+
+    def share(
+        self,
+        conn: Connection,
+        delivery: DueDelivery,
+        shared_at: datetime,
+        *,
+        revision: int = 0,
+        bill_status: str | None = None,
+    ) -> None:
+        """Record the share once per revision (a re-run finds it there): revision 0 is the
+        first share, 1 the bill shared again once AutoPay paid it."""
         exists = conn.execute(
-            select(m.PortalShare.id).where(m.PortalShare.delivery_id == delivery.id)
+            select(m.PortalShare.id).where(
+                and_(
+                    m.PortalShare.delivery_id == delivery.id,
+                    m.PortalShare.revision == revision,
+                )
+            )
         ).first()
         if exists is None:
             conn.execute(
                 insert(m.PortalShare.__table__).values(
                     delivery_id=delivery.id,
+                    revision=revision,
                     client_id=delivery.client_id,
                     recipient=delivery.recipient,
                     recipient_id=delivery.recipient_id,
                     document_type=delivery.document_type,
                     document_id=delivery.document_id,
+                    bill_status=bill_status,
                     shared_at=shared_at,
                 )
             )

@@ -1,16 +1,21 @@
-"""One practice's AutoPay for one night: reconcile, claim, charge, record.
+"""One practice's AutoPay for one night: settle what a dead run left, then claim, charge and
+record in small batches.
 
-1. Reconcile first: attempts left `pending` by a crash, a kill or a timeout, and older than
-   `stale_after` (younger ones may still be in a live run's hands), are taken over by this run
-   (one run only: compare and set on the claim time) and settled with Stripe: the
-   PaymentIntent we recorded, else the one carrying our attempt id, key and customer. Stripe's
-   outcome is written. When Stripe has none, no money moved: the attempt is sent again, with
-   its key and stored amount, if nothing it was claimed on has changed, else closed as an
-   error. localstripe ignores idempotency keys, so this, not the header, is the guarantee.
-2. Claim: for each client with an open balance whom the rules allow, an attempt row with the
-   deterministic key and the bills it covers is committed as `pending` before Stripe is
-   called. Two runs cannot both claim a client: unique key, one pending attempt per client.
-3. Charge through the bounded pool; record each outcome in its own transaction as it comes.
+1. Settle first: a pending attempt whose owner is dead (its session-bound lock was released,
+   Dagster ended its run, or its lease ran out: `domain.autopay.owner_is_dead`) is taken over
+   by this run at once (one run only: compare and set on its owner and claim time) and settled
+   with Stripe: the PaymentIntent we recorded, else the one carrying our attempt id, key and
+   customer. Stripe's outcome is written. When Stripe has none, no money moved: the attempt is
+   sent again, with its key and stored amount, if nothing it was claimed on has changed, else
+   closed as an error. A live owner's attempts are left alone. localstripe ignores
+   idempotency keys, so this, not the header, is the guarantee.
+2. Claim a small batch: for each client with an open balance whom the rules allow, an attempt
+   row with the deterministic key, the bills it covers and this run as its owner is committed
+   as `pending` before Stripe is called. Two runs cannot both claim a client: unique key, one
+   pending attempt per client.
+3. Charge the batch through the bounded pool; record each outcome in its own transaction as
+   it comes; then the next batch. A kill loses at most one batch's outcomes, and those are
+   settled by the next run straight away.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from functools import partial
 
@@ -27,6 +33,7 @@ from sqlalchemy import Connection
 
 from billing_pipeline.db import autopay as records
 from billing_pipeline.db.nightly import NightFigures, decide_autopay, mark_step, step_done
+from billing_pipeline.db.owners import ClaimOwner, OwnerProbe, run_id_of
 from billing_pipeline.db.store import Practice, load_practice
 from billing_pipeline.domain.autopay import (
     LedgerDrift,
@@ -36,9 +43,11 @@ from billing_pipeline.domain.autopay import (
     Unsent,
     compare_ledgers,
     idempotency_key,
+    owner_is_dead,
     retry_block,
     unsent_attempt,
 )
+from billing_pipeline.errors import SafeMessageError
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.payments import (
     META_ACCOUNT,
@@ -129,20 +138,28 @@ def reconcile_pending(
     account_id: str,
     night: date,
     at: datetime,
-    stale_after: timedelta,
+    owner: ClaimOwner,
+    owner_gone: Callable[[records.PendingAttempt], bool],
 ) -> Reconciled:
-    """Settle the practice's attempts whose outcome we never wrote (see the module's note).
-    An attempt claimed less than `stale_after` ago is left to the run that claimed it."""
+    """Settle the practice's attempts whose outcome we never wrote and whose owner is gone
+    (see the module's note). A live owner's attempts are left to it."""
     done = Reconciled()
     with db.engine.connect() as conn:
         pending = records.pending_attempts(conn, account_id)
-    now = datetime.now(UTC)
-    stale = [p for p in pending if now - p.claimed_at >= stale_after]
-    if len(stale) < len(pending):
-        done.add("pending_in_another_run", len(pending) - len(stale))
+    mine = [p for p in pending if p.owner != owner.token]
+    dead = [p for p in mine if owner_gone(p)]
+    if len(dead) < len(mine):
+        done.add("pending_in_another_run", len(mine) - len(dead))
     listed: list[IntentState] | None = None
-    for attempt in stale:
-        if not db.transact(partial(records.take_over, attempt=attempt, now=datetime.now(UTC))):
+    for attempt in dead:
+        if not db.transact(
+            partial(
+                records.take_over,
+                attempt=attempt,
+                owner=owner.token,
+                lease_expires_at=owner.lease_until(),
+            )
+        ):
             done.add("taken_over_by_another_run")
             continue
         try:
@@ -178,7 +195,8 @@ def reconcile_pending(
                     outcome=state.outcome,
                     payment_intent_id=state.id,
                     failure_code=state.failure_code,
-                    at=at,
+                    # Stripe charged it on its own night: stamped with that night's instant.
+                    at=attempt.attempted_at,
                 )
             )
             if wrote:
@@ -211,13 +229,19 @@ def reconcile_pending(
 # --- Claim --------------------------------------------------------------------------------------
 
 
-def claim_night(
-    conn: Connection, practice: Practice, night: date, at: datetime, figures: NightFigures
+def claim_batch(
+    conn: Connection,
+    practice: Practice,
+    client_ids: Sequence[str],
+    night: date,
+    at: datetime,
+    owner: ClaimOwner,
+    figures: NightFigures,
 ) -> list[records.ClaimedAttempt]:
-    """Claim an attempt for every client AutoPay may charge tonight (inside one transaction
-    that the caller commits before any Stripe call)."""
+    """Claim an attempt for each of these clients that AutoPay may charge tonight (inside one
+    transaction that the caller commits before any Stripe call)."""
     claims = []
-    for client_id in records.clients_with_open_bills(conn, practice.account.id, at):
+    for client_id in client_ids:
         client = practice.clients[client_id]
         decision = decide_autopay(practice, client, night)
         if not decision.runs or decision.card is None:
@@ -246,6 +270,8 @@ def claim_night(
             payment_method_id=card_id,
             bills=bills,
             attempted_at=at,
+            owner=owner.token,
+            lease_expires_at=owner.lease_until(),
         )
         if isinstance(claim, records.ClaimRefused):
             figures.add(claim.value)
@@ -255,6 +281,17 @@ def claim_night(
 
 
 # --- The night ----------------------------------------------------------------------------------
+
+
+class ClaimsLost(SafeMessageError):
+    """This run lost its claim lock (its database session broke): another run may now settle
+    its attempts, so it sends no further charge."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "AutoPay lost its claim lock (the database session broke); no further charge was "
+            "sent, and the next run settles what is pending"
+        )
 
 
 def _request(claim: records.ClaimedAttempt) -> ChargeRequest:
@@ -270,6 +307,29 @@ def _request(claim: records.ClaimedAttempt) -> ChargeRequest:
     )
 
 
+def owner_gone_rule(
+    probe: OwnerProbe, run_ended: Callable[[str], bool] = lambda _run_id: False
+) -> Callable[[records.PendingAttempt], bool]:
+    """`domain.autopay.owner_is_dead` for a pending attempt, asking each owner's lock and
+    Dagster's view of its run once."""
+    verdicts: dict[str, bool] = {}
+
+    def gone(attempt: records.PendingAttempt) -> bool:
+        if attempt.owner is None:
+            return True
+        if attempt.owner not in verdicts:
+            run_id = run_id_of(attempt.owner)
+            verdicts[attempt.owner] = owner_is_dead(
+                lease_expires_at=attempt.lease_expires_at,
+                now=datetime.now(UTC),
+                lock_released=probe.lock_released(attempt.owner),
+                run_ended=bool(run_id) and run_ended(run_id),
+            )
+        return verdicts[attempt.owner]
+
+    return gone
+
+
 def run_autopay_night(
     db: BillingDatabase,
     payments: Payments,
@@ -277,8 +337,10 @@ def run_autopay_night(
     night: date,
     at: datetime,
     *,
+    owner: ClaimOwner,
+    owner_gone: Callable[[records.PendingAttempt], bool] | None = None,
     run_id: str | None = None,
-    stale_after: timedelta = timedelta(minutes=10),
+    batch_size: int = 16,
 ) -> NightFigures:
     """AutoPay for one practice's night. Never runs for a night whose bills were not made."""
     figures = NightFigures(account_id, night)
@@ -288,22 +350,13 @@ def run_autopay_night(
         figures.add(BILLS_NOT_MADE)
         return figures
 
-    reconciled = reconcile_pending(db, payments, account_id, night, at, stale_after)
+    gone = owner_gone or owner_gone_rule(OwnerProbe(db.engine))
+    reconciled = reconcile_pending(db, payments, account_id, night, at, owner, gone)
     for key, n in reconciled.counts.items():
         figures.add(key, n)
     figures.amount_cents += reconciled.amount_cents
 
-    def claim(conn: Connection) -> tuple[list[records.ClaimedAttempt], dict[str, int]]:
-        # Counted apart: a retried transaction must not count twice.
-        attempt_figures = NightFigures(account_id, night)
-        claimed = claim_night(conn, load_practice(conn, account_id), night, at, attempt_figures)
-        return claimed, attempt_figures.counts
-
-    claims, claim_counts = db.transact(claim)
-    for key, n in claim_counts.items():
-        figures.add(key, n)
-    to_charge = [*reconciled.resend, *claims]
-    by_id = {c.id: c for c in to_charge}
+    by_id: dict[int, records.ClaimedAttempt] = {}
 
     def record(result: ChargeResult) -> None:
         claimed = by_id[result.attempt_id]
@@ -339,13 +392,39 @@ def run_autopay_night(
             figures.amount_cents += claimed.amount_cents
         figures.ids.append(str(result.attempt_id))
 
-    payments.charge_many(
-        [_request(c) for c in to_charge],
-        record,
-        before_send=lambda _request: fault_point(FaultPoint.BEFORE_STRIPE),
-    )
+    def before_send(_request: ChargeRequest) -> None:
+        if owner.lost:
+            raise ClaimsLost
+        fault_point(FaultPoint.BEFORE_STRIPE)
+
+    def charge(claims: Sequence[records.ClaimedAttempt]) -> None:
+        by_id.update((c.id, c) for c in claims)
+        payments.charge_many([_request(c) for c in claims], record, before_send=before_send)
+
+    charge(reconciled.resend)
+    with db.engine.connect() as conn:
+        practice = load_practice(conn, account_id)
+        candidates = records.clients_with_open_bills(conn, account_id, at)
+    attempts = 0
+    for start in range(0, len(candidates), max(batch_size, 1)):
+        if not owner.still_held():
+            raise ClaimsLost
+        batch = candidates[start : start + max(batch_size, 1)]
+
+        def claim(
+            conn: Connection, batch: Sequence[str] = batch
+        ) -> tuple[list[records.ClaimedAttempt], dict[str, int]]:
+            # Counted apart: a retried transaction must not count twice.
+            counted = NightFigures(account_id, night)
+            return claim_batch(conn, practice, batch, night, at, owner, counted), counted.counts
+
+        claims, claim_counts = db.transact(claim)
+        for key, n in claim_counts.items():
+            figures.add(key, n)
+        attempts += len(claims)
+        charge(claims)
     db.transact(lambda conn: mark_step(conn, account_id, night, "autopay", at, run_id))
-    figures.add("attempts", len(claims))
+    figures.add("attempts", attempts)
     return figures
 
 
@@ -353,12 +432,22 @@ def run_autopay_night(
 
 
 def ledger_drift(
-    db: BillingDatabase, payments: Payments, account_ids: list[str], nights: list[date]
+    db: BillingDatabase,
+    payments: Payments,
+    account_ids: list[str],
+    nights: list[date],
+    owner_gone: Callable[[records.PendingAttempt], bool] | None = None,
 ) -> dict[date, LedgerDrift]:
     """Per night, Stripe's succeeded PaymentIntents carrying our metadata (these practices,
-    their customers) against our payment rows for the night's attempts."""
+    their customers) against our payment rows for the night's attempts.
+
+    Our books are read before Stripe is listed, so a payment we hold is already in Stripe's
+    list; a charge Stripe has that our snapshot does not may belong to an attempt a live run
+    is still charging, so where anything differs the books are read once more, and a pending
+    attempt whose owner is alive counts as in flight, not as drift."""
+    gone = owner_gone or owner_gone_rule(OwnerProbe(db.engine))
     with db.engine.connect() as conn:
-        ours = records.recorded_payments(conn, account_ids, nights)
+        ours = records.books(conn, account_ids, nights)
         customers = records.stripe_customers(conn, account_ids)
     wanted = {n.isoformat(): n for n in nights}
     accounts = set(account_ids)
@@ -369,7 +458,20 @@ def ledger_drift(
         and s.metadata.get(META_ACCOUNT) in accounts
         and s.customer in customers
     ]
-    return {
-        n: compare_ledgers([e for e in theirs if e.night == n], [e for e in ours if e.night == n])
-        for n in nights
-    }
+
+    def compare(books: records.Books) -> dict[date, LedgerDrift]:
+        in_flight = {str(p.id) for p in books.pending if not gone(p)}
+        return {
+            n: compare_ledgers(
+                [e for e in theirs if e.night == n],
+                [e for e in books.payments if e.night == n],
+                in_flight,
+            )
+            for n in nights
+        }
+
+    drift = compare(ours)
+    if all(d.clean for d in drift.values()):
+        return drift
+    with db.engine.connect() as conn:
+        return compare(records.books(conn, account_ids, nights))

@@ -55,7 +55,11 @@ def sense(
 ) -> dg.RunRequest | dg.SkipReason:
     with dg.build_sensor_context(
         instance=instance,
-        resources={"db": db, "clock": Clock(mode="logical", until_date=until)},
+        resources={
+            "db": db,
+            "clock": Clock(mode="logical", until_date=until),
+            "notifier": Notifier(),
+        },
     ) as context:
         return deliver_due_documents(context)  # type: ignore[return-value]
 
@@ -244,7 +248,8 @@ def test_sensor_definition() -> None:
     assert deliver_due_documents.job_name == "deliver_documents_job"
     assert deliver_due_documents.minimum_interval_seconds == 60
     assert deliver_due_documents.default_status == dg.DefaultSensorStatus.RUNNING
-    assert set(deliver_due_documents.required_resource_keys) == {"db", "clock"}
+    # The notifier's outcome wait decides when a bill held for AutoPay's outcome falls due.
+    assert set(deliver_due_documents.required_resource_keys) == {"db", "clock", "notifier"}
 
 
 def test_database_fingerprint_names_the_database_not_its_password() -> None:

@@ -4,7 +4,7 @@ real Dagster assets, a misbehaving Stripe in front of localstripe, and the ledge
 Run as a module, it is the driver that the crash and concurrency tests start in a subprocess:
 
     python -m tests.integration.autopay_harness --job nightly_chain_job \
-        --from 2026-11-02 --to 2026-11-02 --reconcile-after 0 [--barrier DIR --parties 2]
+        --from 2026-11-02 --to 2026-11-02 [--barrier DIR --parties 2]
 
 with BILLING_DATABASE_URL, STRIPE_API_KEY, STRIPE_API_BASE (and BILLING_FAULT, the test-only
 crash hook of billing_pipeline/services/autopay.py) in the environment. It prints one JSON line:
@@ -147,11 +147,10 @@ def payments_config(**overrides: Any) -> dict[str, Any]:
     return {"api_key": {"env": "STRIPE_API_KEY"}, **overrides}
 
 
-def run_config(until: date, reconcile_after: int, payments: dict[str, Any] | None = None) -> dict:  # type: ignore[type-arg]
+def run_config(until: date, payments: dict[str, Any] | None = None) -> dict:  # type: ignore[type-arg]
     from billing_pipeline.simulate import logical_run_config
 
     config = logical_run_config(until)
-    config["ops"] = {"autopay_attempts": {"config": {"reconcile_after_seconds": reconcile_after}}}
     if payments:
         config["resources"]["payments"] = {"config": payments}
     return config
@@ -162,11 +161,13 @@ def run_night(
     payments: Payments,
     night: date,
     *,
-    reconcile_after: int = 0,
     with_reconciliation: bool = False,
     instance: Any = None,
+    expect_failure: bool | tuple[str, str] = False,
 ) -> Any:
-    """Bills, then AutoPay, for one night, through the real assets (in process)."""
+    """Bills, then AutoPay, for one night, through the real assets (in process). With
+    `expect_failure`, the run must fail, and does not raise: True for AutoPay not done for the
+    practice (its `every_practice_done` check names it), or the (asset, check) that fails."""
     import dagster as dg
 
     from billing_pipeline.assets.autopay import autopay_attempts, statements
@@ -179,7 +180,7 @@ def run_night(
     assets = [eligible_sessions, resolved_settings, bills, superbills, autopay_attempts, statements]
     if with_reconciliation:
         assets.append(payment_reconciliations)
-    return dg.materialize(
+    result = dg.materialize(
         assets,
         partition_key=night.isoformat(),
         resources={
@@ -187,12 +188,17 @@ def run_night(
             "clock": Clock(mode="logical", until_date=(night + timedelta(days=2)).isoformat()),
             "payments": payments,
         },
-        run_config={
-            "ops": {"autopay_attempts": {"config": {"reconcile_after_seconds": reconcile_after}}}
-        },
         instance=instance or dg.DagsterInstance.ephemeral(),
-        raise_on_error=True,
+        raise_on_error=not expect_failure,
     )
+    if expect_failure:
+        assert not result.success, "the run should have failed"
+        if expect_failure is True:
+            failed = check_evaluations(result)[("autopay_attempts", "every_practice_done")]
+            assert not failed.passed and "acct-ap" in (failed.description or "")
+        else:
+            assert not check_evaluations(result)[expect_failure].passed
+    return result
 
 
 def autopay_figures(result: Any) -> dict[str, int]:
@@ -450,7 +456,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job", default="nightly_chain_job")
     parser.add_argument("--from", dest="first", required=True)
     parser.add_argument("--to", dest="last", required=True)
-    parser.add_argument("--reconcile-after", type=int, default=300)
     parser.add_argument("--max-workers", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--barrier", type=Path)
@@ -469,7 +474,6 @@ def main(argv: list[str] | None = None) -> int:
     job = defs.resolve_job_def(args.job)
     config = run_config(
         last + timedelta(days=2),
-        args.reconcile_after,
         payments_config(max_workers=args.max_workers, timeout_seconds=args.timeout),
     )
     home = os.environ.get("DAGSTER_HOME")
@@ -491,7 +495,15 @@ def main(argv: list[str] | None = None) -> int:
     if "autopay_attempts" in [n.name for n in job.nodes_in_topological_order]:
         for mat in result.asset_materializations_for_node("autopay_attempts"):
             figures = mat.metadata["per_practice"].value
-    summary = {"success": result.success, "figures": figures, "started": started, "ended": ended}
+    from billing_pipeline.simulate import failed_checks
+
+    summary = {
+        "success": result.success,
+        "figures": figures,
+        "failed_checks": failed_checks(result),
+        "started": started,
+        "ended": ended,
+    }
     sys.stdout.write(json.dumps(summary) + "\n")
     return 0 if result.success else 1
 

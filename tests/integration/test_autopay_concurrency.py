@@ -109,6 +109,8 @@ def test_two_simultaneous_runs_charge_no_one_twice(pg_url: str, tmp_path: Path) 
         for i, nights in enumerate([(N1, N1), (N2, N3)]):
             a, b = _concurrent(env, nights, tmp_path / f"barrier-{i}")
             assert a["success"] and b["success"]
+            # Each run's reconciliation saw the other's charges in flight: no false alarm.
+            assert a["failed_checks"] == [] and b["failed_checks"] == []
             assert a["started"] < b["ended"] and b["started"] < a["ended"]  # they overlapped
             for run in (a, b):
                 figures = run["figures"]["acct-ap"]
@@ -164,6 +166,8 @@ def _claim(conn: Any, night: Any, bills: list[records.OpenBill]) -> Any:
         payment_method_id="pm-client-cl-race",
         bills=bills,
         attempted_at=datetime.now(UTC),
+        owner="test-run|host|1|0",
+        lease_expires_at=datetime.now(UTC) + timedelta(minutes=1),
     )
 
 

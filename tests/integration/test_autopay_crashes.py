@@ -4,8 +4,8 @@ and the right bill states.
 
 The kill comes from the test-only hook in billing_pipeline/services/autopay.py
 (`BILLING_FAULT=<point>@<n>`: the n-th time the process reaches the point). The nights run
-through the production job (`nightly_chain_job`) in a subprocess; the re-runs use
-`reconcile_after_seconds=0`, since the killed run is known to be dead.
+through the production job (`nightly_chain_job`) in a subprocess, and the re-runs come at once
+with the default settings: the killed run's claim lock died with it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ NIGHTS = [FIRST_NIGHT + timedelta(days=i) for i in range(3)]
 
 def drive(env: dict[str, str], night: date) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        driver_command(night, night, "--reconcile-after", "0"),
+        driver_command(night, night),
         env=env,
         cwd=ROOT,
         capture_output=True,

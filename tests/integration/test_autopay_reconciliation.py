@@ -11,9 +11,12 @@ import dagster as dg
 import pytest
 from sqlalchemy import Engine, delete, select, update
 
+from billing_pipeline.assets.reconciliation import payment_reconciliations
 from billing_pipeline.db import models as m
+from billing_pipeline.db.owners import ClaimOwner
 from billing_pipeline.domain.autopay import LedgerEntry, compare_ledgers
 from billing_pipeline.localstripe_server import LocalStripe
+from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.payments import Payments
 from tests.integration.autopay_harness import (
     API_KEY,
@@ -109,7 +112,15 @@ def test_clean_nights_pass_and_every_kind_of_drift_is_reported(
             .values(amount_cents=third.amount_cents + 1)
         )
     instance = dg.DagsterInstance.ephemeral()
-    drifted = run_night(database_url, payments, N1, with_reconciliation=True, instance=instance)
+    # Drift fails the run (after the figures are recorded).
+    drifted = run_night(
+        database_url,
+        payments,
+        N1,
+        with_reconciliation=True,
+        instance=instance,
+        expect_failure=CHECK,
+    )
     report = _drift(drifted)[N1.isoformat()]
     assert not _drift(drifted)["passed"]
     assert report["unknown_charges"] == sorted([stray.id, second.stripe_payment_intent_id])
@@ -142,34 +153,53 @@ def test_a_charge_whose_outcome_was_never_written_is_drift_until_reconciled(
     engine: Engine, database_url: str, localstripe: LocalStripe, tmp_path: Path
 ) -> None:
     """What a crash after Stripe's success leaves (the state the crash tests make with a real
-    SIGKILL): Stripe charged, our attempt is pending with no payment. Finance sees the drift;
-    AutoPay's reconciliation, on the next run, records the charge without charging again."""
+    SIGKILL): Stripe charged, our attempt is pending with no payment. While its owner lives,
+    it is in flight: AutoPay leaves it alone and finance sees no false alarm. Once the owner
+    is gone, finance sees the drift, and AutoPay's next run records the charge at once without
+    charging again."""
     load(engine, many_clients(2, 1), tmp_path, localstripe.url)
     payments = Payments(api_key=API_KEY, api_base=localstripe.url)
     run_night(database_url, payments, N1)
     book = ledger(engine, localstripe.url)
     lost = book.attempts_with("succeeded")[0]
-    with engine.begin() as conn:
-        conn.execute(delete(m.Payment.__table__).where(m.Payment.attempt_id == lost.id))
-        conn.execute(
-            update(m.AutopayAttempt.__table__)
-            .where(m.AutopayAttempt.id == lost.id)
-            .values(status="pending", stripe_payment_intent_id=None, completed_at=None)
-        )
-        conn.execute(
-            update(m.Bill.__table__)
-            .where(m.Bill.id.in_(book.covered[lost.id]))
-            .values(status="open", paid_at=None)
-        )
-    # A live run might still be charging it (claimed just now): AutoPay leaves it alone, and
-    # finance sees a charge we do not know.
-    waiting = run_night(database_url, payments, N1, reconcile_after=300, with_reconciliation=True)
-    assert autopay_figures(waiting)["pending_in_another_run"] == 1
-    assert _drift(waiting)[N1.isoformat()]["unknown_charges"] == [
+    live = ClaimOwner(engine, "another-run", timedelta(seconds=60))
+    with live:
+        with engine.begin() as conn:
+            conn.execute(delete(m.Payment.__table__).where(m.Payment.attempt_id == lost.id))
+            conn.execute(
+                update(m.AutopayAttempt.__table__)
+                .where(m.AutopayAttempt.id == lost.id)
+                .values(
+                    status="pending",
+                    stripe_payment_intent_id=None,
+                    completed_at=None,
+                    owner=live.token,
+                    lease_expires_at=live.lease_until(),
+                )
+            )
+            conn.execute(
+                update(m.Bill.__table__)
+                .where(m.Bill.id.in_(book.covered[lost.id]))
+                .values(status="open", paid_at=None)
+            )
+        waiting = run_night(database_url, payments, N1, with_reconciliation=True)
+        assert autopay_figures(waiting)["pending_in_another_run"] == 1
+        assert _drift(waiting) == {"passed": True}  # in flight: no false alarm
+    # The owner is gone (its lock and lease ended with it): finance's reconciliation alone
+    # sees a charge we do not know...
+    alone = dg.materialize(
+        [payment_reconciliations],
+        partition_key=N1.isoformat(),
+        resources={"db": BillingDatabase(url=database_url), "payments": payments},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not alone.success
+    assert _drift(alone)[N1.isoformat()]["unknown_charges"] == [
         i.id for i in book.succeeded_intents() if i.metadata["attempt_id"] == str(lost.id)
     ]
-    # Once it is stale, reconciliation finds it in Stripe and records it: no new charge.
-    settled = run_night(database_url, payments, N1, reconcile_after=0, with_reconciliation=True)
+    # ...and the next AutoPay run settles it at once: found in Stripe, recorded, not resent.
+    settled = run_night(database_url, payments, N1, with_reconciliation=True)
     assert autopay_figures(settled)["reconciled_succeeded"] == 1
     assert _drift(settled) == {"passed": True}
     after = ledger(engine, localstripe.url)

@@ -45,7 +45,7 @@ def test_no_key_and_no_name_in_dagster_storage_or_stripe_metadata(
         "DAGSTER_HOME": str(home),
     }
     done = subprocess.run(
-        driver_command(FIRST_NIGHT, FIRST_NIGHT, "--reconcile-after", "0"),
+        driver_command(FIRST_NIGHT, FIRST_NIGHT),
         env=env,
         cwd=ROOT,
         capture_output=True,
