@@ -178,6 +178,17 @@ def test_packaged_schema_is_the_contracts() -> None:
     assert loader.scenario_schema() == contract
 
 
+def test_changes_over_time_are_refused_whole_until_they_are_built() -> None:
+    """The contract's new `changes` pass the schema, but this version does not apply them yet:
+    such a scenario is refused (exit 2 at the CLI) rather than loaded without its changes."""
+    doc = json.loads((CONTRACT / "scenarios" / "next" / "changes_over_time.json").read_text())
+    assert doc["changes"]
+    with pytest.raises(ScenarioError) as err:
+        loader.validate_scenario(doc)
+    assert str(err.value) == "changes[0]: changes over time are not supported by this version yet"
+    loader.validate_scenario({**doc, "changes": []})  # an empty list changes nothing
+
+
 # --- Bad input ---------------------------------------------------------------------------------
 
 SHARING = {
