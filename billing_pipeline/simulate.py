@@ -132,9 +132,9 @@ def failed_checks(run: dg.ExecuteInProcessResult) -> list[str]:
     ids, nights and counts: never a name)."""
     out = []
     for event in run.all_events:
-        if event.event_type_value != "ASSET_CHECK_EVALUATION":
-            continue
         evaluation = event.event_specific_data
+        if not isinstance(evaluation, dg.AssetCheckEvaluation):
+            continue
         if evaluation.passed or evaluation.severity != dg.AssetCheckSeverity.ERROR:
             continue
         out.append(

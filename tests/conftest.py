@@ -6,6 +6,7 @@ if the server does not answer, they fail (CI starts it first; see .ci/run).
 
 from __future__ import annotations
 
+import atexit
 import os
 import uuid
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from billing_pipeline.db.engine import dispose_engines, get_engine, upgrade
+from billing_pipeline.db.engine import dispose_engines, get_engine, make_engine, upgrade
 from billing_pipeline.localstripe_server import LocalStripe
 
 PG_ADMIN_URL = os.environ.get(
@@ -42,12 +43,38 @@ def _admin_engine():  # type: ignore[no-untyped-def]
     return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
 
 
-def create_pg_database() -> str:
+_template: list[str] = []  # this worker's migrated template database, made on first use
+
+
+def _migrated_template() -> str:
+    """A database migrated to head once per test process; each test's database is cloned
+    from it (CREATE DATABASE ... TEMPLATE: a file copy, ~10x faster than running Alembic)."""
+    if not _template:
+        name = f"bp_tmpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        admin = _admin_engine()
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        except Exception as exc:  # a PostgreSQL test must fail, never skip
+            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is not answering: {exc}", pytrace=False)
+        finally:
+            admin.dispose()
+        engine = make_engine(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
+        upgrade(engine)
+        engine.dispose()  # a template must have no connections when it is copied
+        _template.append(name)
+        atexit.register(_drop_database, name)
+    return _template[0]
+
+
+def create_pg_database(migrated: bool = False) -> str:
+    """A new database of our own: empty, or (`migrated`) a copy of the migrated template."""
     name = f"bp_test_{uuid.uuid4().hex[:12]}"
+    template = f' TEMPLATE "{_migrated_template()}"' if migrated else ""
     admin = _admin_engine()
     try:
         with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+            conn.execute(text(f'CREATE DATABASE "{name}"{template}'))
     except Exception as exc:  # a PostgreSQL test must fail, never skip
         pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is not answering: {exc}", pytrace=False)
     finally:
@@ -55,23 +82,28 @@ def create_pg_database() -> str:
     return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
 
 
-def drop_pg_database(url: str) -> None:
-    dispose_engines()
-    name = url.rsplit("/", 1)[1]
+def _drop_database(name: str) -> None:
     admin = _admin_engine()
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
 
 
+def drop_pg_database(url: str) -> None:
+    dispose_engines()
+    _drop_database(url.rsplit("/", 1)[1])
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A new, empty billing database URL (no schema yet) on each backend."""
+    """A new billing database URL on each backend, with no data: an empty SQLite file (the
+    schema is made on first use), or a PostgreSQL copy of the migrated template (migrations
+    from nothing are tested in tests/integration/test_migrations.py)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'billing.db'}"
         dispose_engines()
         return
-    url = create_pg_database()
+    url = create_pg_database(migrated=True)
     yield url
     drop_pg_database(url)
 

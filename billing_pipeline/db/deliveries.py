@@ -137,7 +137,7 @@ def mark_delivered(
             return False
         before_outcome = pending_claimed is not None
     changed = conn.execute(
-        update(m.Delivery.__table__)
+        update(m.Delivery)
         .where(and_(m.Delivery.id == delivery.id, m.Delivery.delivered_at.is_(None)))
         .values(
             delivered_at=delivered_at,
@@ -194,7 +194,7 @@ def due_reshares(conn: Connection, limit: int | None = None) -> list[Reshare]:
 def mark_reshared(conn: Connection, delivery_id: int, at: datetime) -> bool:
     return bool(
         conn.execute(
-            update(m.Delivery.__table__)
+            update(m.Delivery)
             .where(and_(m.Delivery.id == delivery_id, m.Delivery.reshared_at.is_(None)))
             .values(reshared_at=at)
         ).rowcount

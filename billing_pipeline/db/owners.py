@@ -222,7 +222,7 @@ class ClaimOwner:
 
     def renew(self, conn: Connection) -> int:
         return conn.execute(
-            update(m.AutopayAttempt.__table__)
+            update(m.AutopayAttempt)
             .where(
                 and_(
                     m.AutopayAttempt.owner == self.token,
@@ -235,7 +235,7 @@ class ClaimOwner:
     def _expire_lease(self, conn: Connection) -> None:
         """What we still hold pending (Stripe did not answer) is left for the next run now."""
         conn.execute(
-            update(m.AutopayAttempt.__table__)
+            update(m.AutopayAttempt)
             .where(
                 and_(
                     m.AutopayAttempt.owner == self.token,

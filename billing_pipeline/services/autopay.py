@@ -323,7 +323,7 @@ def owner_gone_rule(
                 lease_expires_at=attempt.lease_expires_at,
                 now=datetime.now(UTC),
                 lock_released=probe.lock_released(attempt.owner),
-                run_ended=bool(run_id) and run_ended(run_id),
+                run_ended=run_id is not None and run_ended(run_id),
             )
         return verdicts[attempt.owner]
 
