@@ -6,10 +6,18 @@ another database by setting the environment first.
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+from billing_pipeline.errors import SettingError
+
 DATABASE_URL_ENV = "BILLING_DATABASE_URL"
+LOCK_TIMEOUT_ENV = "BILLING_DB_LOCK_TIMEOUT_SECONDS"
+STATEMENT_TIMEOUT_ENV = "BILLING_DB_STATEMENT_TIMEOUT_SECONDS"
+DEFAULT_LOCK_TIMEOUT_SECONDS = 15.0
+DEFAULT_STATEMENT_TIMEOUT_SECONDS = 300.0
 
 
 def project_root() -> Path:
@@ -50,3 +58,44 @@ def redact_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+@dataclass(frozen=True)
+class DatabaseTimeouts:
+    """How long one statement on the billing database (PostgreSQL) may wait for a lock, and
+    run in all, before the server cancels it."""
+
+    lock_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS
+    statement_seconds: float = DEFAULT_STATEMENT_TIMEOUT_SECONDS
+
+
+def database_timeouts() -> DatabaseTimeouts:
+    """BILLING_DB_LOCK_TIMEOUT_SECONDS and BILLING_DB_STATEMENT_TIMEOUT_SECONDS, validated."""
+    return DatabaseTimeouts(
+        lock_seconds=seconds_setting(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT_SECONDS),
+        statement_seconds=seconds_setting(STATEMENT_TIMEOUT_ENV, DEFAULT_STATEMENT_TIMEOUT_SECONDS),
+    )
+
+
+def seconds_setting(name: str, default: float) -> float:
+    """A duration in seconds from the environment variable `name` (unset or blank: `default`).
+    A whole or decimal number above 0 and at most a day, to the millisecond."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0.001 <= seconds <= 86400):
+        shown = raw if len(raw) <= 40 else raw[:40] + "..."
+        raise SettingError(
+            f"{name}={shown!r} is not a number of seconds between 0.001 and 86400 "
+            f"(unset, it is {format_seconds(default)})"
+        )
+    return seconds
+
+
+def format_seconds(seconds: float) -> str:
+    """15.0 -> '15', 2.5 -> '2.5' (to the millisecond, as the server is told)."""
+    return f"{seconds:.3f}".rstrip("0").rstrip(".")

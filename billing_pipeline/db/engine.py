@@ -9,9 +9,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 
-from billing_pipeline.config import normalize_database_url
+from billing_pipeline.config import DatabaseTimeouts, database_timeouts, normalize_database_url
+from billing_pipeline.db.errors import translate_errors, unreachable
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _lock = threading.Lock()
@@ -31,7 +32,10 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise unreachable(url, exc) from None
         # SQLite: BEGIN IMMEDIATE so that writers queue instead of failing halfway through a
         # transaction; a small pool, since opening a file connection costs more than the query.
         engine = create_engine(
@@ -50,8 +54,45 @@ def make_engine(url: str) -> Engine:
         def _begin_immediate(conn):  # type: ignore[no-untyped-def]
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+        translate_errors(engine, None)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    if not url.startswith("postgresql"):
+        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        translate_errors(engine, None)
+        return engine
+    # PostgreSQL: every connection waits at most BILLING_DB_LOCK_TIMEOUT_SECONDS for a lock and
+    # runs a statement at most BILLING_DB_STATEMENT_TIMEOUT_SECONDS; a cancelled statement is
+    # raised as DatabaseBusy naming its tables (db/errors.py).
+    timeouts = database_timeouts()
+    engine = create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        connect_args=postgres_connect_args(url, timeouts),
+    )
+    translate_errors(engine, timeouts)
+    return engine
+
+
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+def postgres_connect_args(url: str, timeouts: DatabaseTimeouts) -> dict[str, object]:
+    """psycopg2 arguments: the timeouts as server settings (after any `options` of the URL's
+    own), and a connect timeout unless the URL has one (a host that drops packets would
+    otherwise keep a run waiting for minutes before it says the database does not answer)."""
+    query = make_url(url).query
+    own = query.get("options")
+    own = " ".join(own) if isinstance(own, tuple) else own
+    ours = (
+        f"-c lock_timeout={round(timeouts.lock_seconds * 1000)} "
+        f"-c statement_timeout={round(timeouts.statement_seconds * 1000)}"
+    )
+    args: dict[str, object] = {"options": f"{own} {ours}" if own else ours}
+    if "connect_timeout" not in query:
+        args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+    return args
 
 
 def get_engine(url: str) -> Engine:

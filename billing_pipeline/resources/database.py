@@ -14,6 +14,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from billing_pipeline.config import database_url
 from billing_pipeline.db.engine import get_engine, upgrade
+from billing_pipeline.db.errors import DatabaseBusy, DatabaseUnreachable
+from billing_pipeline.errors import SafeMessageError
+
+__all__ = ["BillingDatabase", "DatabaseBusy", "DatabaseUnreachable", "SafeMessageError"]
 
 T = TypeVar("T")
 _migrated: set[str] = set()
@@ -46,7 +50,11 @@ class BillingDatabase(dg.ConfigurableResource):
     def transact(self, work: Callable[[Connection], T], attempts: int = 4) -> T:
         """Run `work` in one transaction. A unique key refused by a concurrent run, a deadlock
         or a serialization failure rolls the whole transaction back and runs it again; the
-        idempotent work then finds what the other run did and does nothing twice."""
+        idempotent work then finds what the other run did and does nothing twice.
+
+        A statement cancelled by the lock or statement timeout (PostgreSQL) is not run again:
+        the engine raises it as DatabaseBusy (db/errors.py), naming its tables and the
+        timeout, and the practice's night is left for the next run."""
         for attempt in range(attempts):
             try:
                 with self.engine.begin() as conn:
