@@ -458,10 +458,15 @@ def test_a_failing_practice_night_leaves_no_phi_in_dagster(
     assert loaded.returncode == 0, output_of(loaded)
     broken = break_a_practice(database_url, doc)
     simulated = debug_cli(cli_env, "simulate", "--from", first, "--to", last)
-    # The other practice went on: the run succeeded, its steps' checks name the broken one.
-    assert simulated.returncode == 0, output_of(simulated)[-3000:]
+    # The other practice went on; the steps' checks name the broken one. Its AutoPay could
+    # not run either, so the run fails once the others are done, and simulate says which.
+    assert simulated.returncode == 1, output_of(simulated)[-3000:]
+    assert f"failed check autopay_attempts.every_practice_done: failed: {broken} (" in (
+        simulated.stderr
+    )
     failed = failed_checks(Path(cli_env["DAGSTER_HOME"]))
     assert "bills" in failed and set(failed["bills"]) == {broken}, failed
+    assert set(failed["autopay_attempts"]) == {broken}, failed
     assert f"practice {broken} night" in simulated.stderr
 
     needles = phi_needles(doc, date.fromisoformat(first), date.fromisoformat(last))
