@@ -110,7 +110,9 @@ def _warnings(conn: Connection) -> list[dict[str, Any]]:
             )
         )
     pending = conn.execute(
-        select(m.Delivery.id, m.Delivery.client_id).where(m.Delivery.wait_for_autopay.is_(True))
+        select(m.Delivery.id, m.Delivery.client_id).where(
+            m.Delivery.wait_for_autopay.is_(True), m.Delivery.delivered_at.is_(None)
+        )
     ).all()
     out.extend(
         {

@@ -152,3 +152,37 @@ def test_a_bill_waits_for_its_attempt_in_flight_then_goes_as_it_stands_and_again
     assert shares_of_bill() == [(0, "open"), (1, "paid")]
     deliver(360)
     assert shares_of_bill() == [(0, "open"), (1, "paid")]  # once
+
+
+def test_a_bill_held_for_autopay_is_shared_once_autopay_ran_even_if_the_queue_step_did_not(
+    engine, database_url, localstripe
+) -> None:
+    """AutoPay ran (its step is recorded) but delivery_queue did not (a failed run skipped it):
+    the bill is still shared, as paid, and the report no longer says it waits."""
+    payments = Payments(api_key="sk_test_x", api_base=localstripe.url)
+    load_scenario(CONTRACT / "scenarios" / "daily_autopay.json", engine, payments)
+    clock = Clock(mode="logical", until_date="2026-10-23")
+    db = BillingDatabase(url=database_url)
+    resources = {"db": db, "clock": clock, "payments": payments}
+    instance = dg.DagsterInstance.ephemeral()
+    _materialize([eligible_sessions, resolved_settings, bills], resources, instance)
+    with engine.connect() as conn:
+        assert "delivery_waiting_for_autopay" in _warning_codes(conn)
+        assert due_deliveries(conn, clock.now_for) == []
+    _materialize([autopay_attempts], resources, instance)
+    shared = deliver_documents_job.execute_in_process(
+        instance=instance, resources={"db": db, "clock": clock, "notifier": Notifier()}
+    )
+    assert shared.output_for_node("share_due_documents") == 1
+    with engine.connect() as conn:
+        (held, status) = conn.execute(
+            select(m.Delivery.wait_for_autopay, m.Delivery.bill_status_at_delivery)
+        ).one()
+        assert held is True and status == "paid"  # the queue step never ran; AutoPay did
+        assert "delivery_waiting_for_autopay" not in _warning_codes(conn)
+
+
+def _warning_codes(conn) -> list[str]:  # type: ignore[no-untyped-def]
+    from billing_pipeline.db.report import build_report
+
+    return [w["code"] for w in build_report(conn)["warnings"]]
