@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,15 @@ def start_cli(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@pytest.fixture
+def localstripe() -> Iterator[LocalStripe]:
+    """A localstripe of this test's own: these nights make hundreds of PaymentIntents, and
+    reconciliation lists them all (localstripe has no filter), so a shared one slows every
+    later test of the worker."""
+    with LocalStripe() as server:
+        yield server
 
 
 @pytest.fixture
