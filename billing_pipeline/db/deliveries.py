@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy import Connection, Row, and_, func, or_, select, update
 
 from billing_pipeline.db import models as m
 from billing_pipeline.domain.autopay import Outcome
@@ -28,6 +29,20 @@ class DueDelivery:
     recipient: str
     recipient_id: str
     scheduled_at: datetime
+
+
+def _due(r: Row[Any]) -> DueDelivery:
+    return DueDelivery(
+        r.id,
+        r.account_id,
+        r.timezone,
+        r.client_id,
+        r.document_type,
+        r.document_id,
+        r.recipient,
+        r.recipient_id,
+        r.scheduled_at,
+    )
 
 
 def _pending_claim_of_bill():  # type: ignore[no-untyped-def]
@@ -94,19 +109,7 @@ def due_deliveries(
             continue
         if not outcome_wait_over(r.pending_claimed_at, r.scheduled_at, real_now, outcome_wait):
             continue
-        due.append(
-            DueDelivery(
-                r.id,
-                r.account_id,
-                r.timezone,
-                r.client_id,
-                r.document_type,
-                r.document_id,
-                r.recipient,
-                r.recipient_id,
-                r.scheduled_at,
-            )
-        )
+        due.append(_due(r))
         if limit is not None and len(due) >= limit:
             break
     return due
@@ -172,23 +175,7 @@ def due_reshares(conn: Connection, limit: int | None = None) -> list[Reshare]:
     )
     if limit is not None:
         query = query.limit(limit)
-    return [
-        Reshare(
-            DueDelivery(
-                r.id,
-                r.account_id,
-                r.timezone,
-                r.client_id,
-                r.document_type,
-                r.document_id,
-                r.recipient,
-                r.recipient_id,
-                r.scheduled_at,
-            ),
-            r.bill_status,
-        )
-        for r in conn.execute(query)
-    ]
+    return [Reshare(_due(r), r.bill_status) for r in conn.execute(query)]
 
 
 def mark_reshared(conn: Connection, delivery_id: int, at: datetime) -> bool:
