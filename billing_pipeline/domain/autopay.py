@@ -219,6 +219,17 @@ def compare_ledgers(
     )
 
 
+def listed_or_known_before(
+    later: Sequence[LedgerEntry], before: Sequence[LedgerEntry], listed: Collection[str]
+) -> list[LedgerEntry]:
+    """The payments of a second read of our books that a Stripe list made between the two
+    reads can be held against: those the first read already had, and those the list shows.
+    A payment recorded after the list was made (a run charging at that moment) is newer than
+    the list, not missing from Stripe."""
+    known = {e.payment_intent_id for e in before} | set(listed)
+    return [e for e in later if e.payment_intent_id in known]
+
+
 def declines_in_a_row(history: Sequence[PastAttempt]) -> list[int]:
     """For each attempt in the order given, the declines in a row on its card up to and
     including it (0 when it was not a decline), counted as `retry_block` counts them: errors

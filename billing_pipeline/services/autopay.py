@@ -43,6 +43,7 @@ from billing_pipeline.domain.autopay import (
     Unsent,
     compare_ledgers,
     idempotency_key,
+    listed_or_known_before,
     owner_is_dead,
     retry_block,
     unsent_attempt,
@@ -459,19 +460,21 @@ def ledger_drift(
         and s.customer in customers
     ]
 
-    def compare(books: records.Books) -> dict[date, LedgerDrift]:
+    def compare(books: records.Books, payments: Sequence[LedgerEntry]) -> dict[date, LedgerDrift]:
         in_flight = {str(p.id) for p in books.pending if not gone(p)}
         return {
             n: compare_ledgers(
                 [e for e in theirs if e.night == n],
-                [e for e in books.payments if e.night == n],
+                [e for e in payments if e.night == n],
                 in_flight,
             )
             for n in nights
         }
 
-    drift = compare(ours)
+    drift = compare(ours, ours.payments)
     if all(d.clean for d in drift.values()):
         return drift
     with db.engine.connect() as conn:
-        return compare(records.books(conn, account_ids, nights))
+        again = records.books(conn, account_ids, nights)
+    listed = {e.payment_intent_id for e in theirs}
+    return compare(again, listed_or_known_before(again.payments, ours.payments, listed))

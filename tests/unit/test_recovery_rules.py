@@ -7,7 +7,12 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from billing_pipeline.domain.autopay import LedgerEntry, compare_ledgers, owner_is_dead
+from billing_pipeline.domain.autopay import (
+    LedgerEntry,
+    compare_ledgers,
+    listed_or_known_before,
+    owner_is_dead,
+)
 from billing_pipeline.domain.delivery import DEFAULT_OUTCOME_WAIT, outcome_wait_over
 
 NOW = datetime(2026, 11, 3, 5, 31, tzinfo=UTC)
@@ -76,3 +81,18 @@ def test_a_live_runs_charge_is_in_flight_not_an_unknown_charge() -> None:
     assert compare_ledgers(stripe, ours, in_flight={"2"}).clean
     # In flight never hides a charge of an attempt that is not.
     assert compare_ledgers(stripe, ours, in_flight={"3"}).unknown_charges == ("pi_2",)
+
+
+def test_a_payment_recorded_after_the_stripe_list_is_not_missing_in_stripe() -> None:
+    # Read 1 of our books, then Stripe's list, then read 2: another run recorded pi_3 after
+    # the list was made, and pi_2 (in the list) between read 1 and the list.
+    before = [LedgerEntry("pi_1", "1", N, 100)]
+    stripe = [LedgerEntry("pi_1", "1", N, 100), LedgerEntry("pi_2", "2", N, 200)]
+    later = [*before, LedgerEntry("pi_2", "2", N, 200), LedgerEntry("pi_3", "3", N, 300)]
+    held = listed_or_known_before(later, before, {e.payment_intent_id for e in stripe})
+    assert [e.payment_intent_id for e in held] == ["pi_1", "pi_2"]
+    assert compare_ledgers(stripe, held).clean
+    # A payment the first read had and Stripe does not list is still missing in Stripe.
+    lost = LedgerEntry("pi_9", "9", N, 900)
+    held = listed_or_known_before([*later, lost], [*before, lost], {"pi_1", "pi_2"})
+    assert compare_ledgers(stripe, held).missing_in_stripe == ("pi_9",)
