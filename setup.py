@@ -15,7 +15,7 @@ setup(
             "db/migrations/*.py",
             "db/migrations/versions/*.py",
             "db/migrations/script.py.mako",
-            "scenario.schema.json",
+            "scenario/schema.json",
         ]
     },
     python_requires=">=3.11,<3.14",

@@ -116,8 +116,9 @@ def scenario() -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 def scenario_load(path: Path) -> None:
     """Validate PATH whole, then write it in one transaction (cards go to Stripe)."""
-    from billing_pipeline.db.loader import ScenarioError, load_scenario
     from billing_pipeline.resources.payments import PaymentsNotConfigured
+    from billing_pipeline.scenario.load import load_scenario
+    from billing_pipeline.scenario.read import ScenarioError
 
     try:
         summary = load_scenario(path, _engine(), _payments())
@@ -171,7 +172,7 @@ def report_cmd(as_json: bool) -> None:
 @click.option("--date", "night", default=None, help="Service date (default: last night).")
 def explain_cmd(client_id: str, night: str | None) -> None:
     """Why the automation does what it does for CLIENT_ID on a night, in plain words."""
-    from billing_pipeline.explain import UnknownClient, explain
+    from billing_pipeline.services.explain import UnknownClient, explain
 
     with _engine().connect() as conn:
         try:

@@ -2,11 +2,7 @@
 
 import dagster as dg
 
-from billing_pipeline.assets.autopay import autopay_attempts, statements
-from billing_pipeline.assets.billing import bills, superbills
-from billing_pipeline.assets.delivery import delivery_queue
-from billing_pipeline.assets.reconciliation import payment_reconciliations
-from billing_pipeline.assets.sessions import eligible_sessions, resolved_settings
+from billing_pipeline.assets.chain import NIGHT_CHAIN
 from billing_pipeline.jobs import (
     autopay_job,
     deliver_documents_job,
@@ -24,16 +20,7 @@ from billing_pipeline.schedules import (
 )
 
 defs = dg.Definitions(
-    assets=[
-        eligible_sessions,
-        resolved_settings,
-        bills,
-        superbills,
-        autopay_attempts,
-        statements,
-        delivery_queue,
-        payment_reconciliations,
-    ],
+    assets=list(NIGHT_CHAIN),
     jobs=[nightly_billing_job, autopay_job, nightly_chain_job, deliver_documents_job],
     schedules=[nightly_billing_schedule, autopay_schedule],
     sensors=[deliver_due_documents],

@@ -20,6 +20,7 @@ import click
 from sqlalchemy import func, select
 
 from billing_pipeline.config import data_dir
+from billing_pipeline.domain.money import dollars
 
 PRACTICES = [
     {
@@ -231,9 +232,6 @@ def demo_scenario(first: date, last: date) -> dict[str, Any]:
 def _summary(engine) -> list[str]:  # type: ignore[no-untyped-def]
     from billing_pipeline.db import models as m
 
-    def dollars(cents: int) -> str:
-        return f"${cents / 100:,.2f}"
-
     with engine.connect() as conn:
         n_bills, billed = conn.execute(
             select(func.count(), func.coalesce(func.sum(m.Bill.amount_cents), 0)).select_from(
@@ -272,9 +270,9 @@ def run_demo(fresh: bool = True) -> int:
     from tqdm import tqdm
 
     from billing_pipeline.db.engine import dispose_engines, get_engine, upgrade
-    from billing_pipeline.db.loader import load_scenario
     from billing_pipeline.localstripe_server import LocalStripe
     from billing_pipeline.resources.payments import Payments
+    from billing_pipeline.scenario.load import load_scenario
     from billing_pipeline.simulate import dagster_instance, simulate
 
     started = time.monotonic()

@@ -9,11 +9,7 @@ from datetime import UTC, datetime
 import dagster as dg
 from sqlalchemy import select
 
-from billing_pipeline.assets.autopay import autopay_attempts, statements
-from billing_pipeline.assets.billing import bills, superbills
-from billing_pipeline.assets.delivery import delivery_queue
-from billing_pipeline.assets.reconciliation import payment_reconciliations
-from billing_pipeline.assets.sessions import eligible_sessions, resolved_settings
+from billing_pipeline.assets.chain import AT_AUTOPAY, AT_MIDNIGHT, NIGHT_CHAIN
 from billing_pipeline.db import models as m
 from billing_pipeline.db.deliveries import (
     due_deliveries,
@@ -27,7 +23,7 @@ from billing_pipeline.resources.notifier import Notifier
 
 nightly_billing_job = dg.define_asset_job(
     "nightly_billing_job",
-    selection=[eligible_sessions, resolved_settings, bills, superbills, statements],
+    selection=list(AT_MIDNIGHT),
     executor_def=dg.in_process_executor,
     description="00:00 in each practice's zone: eligible sessions, settings, bills, "
     "superbills and statements for the night.",
@@ -35,7 +31,7 @@ nightly_billing_job = dg.define_asset_job(
 
 autopay_job = dg.define_asset_job(
     "autopay_job",
-    selection=[autopay_attempts, delivery_queue, payment_reconciliations],
+    selection=list(AT_AUTOPAY),
     executor_def=dg.in_process_executor,
     description="00:30 in each practice's zone: AutoPay, then release the night's deliveries "
     "and compare Stripe's charges with our payments for finance.",
@@ -43,16 +39,7 @@ autopay_job = dg.define_asset_job(
 
 nightly_chain_job = dg.define_asset_job(
     "nightly_chain_job",
-    selection=[
-        eligible_sessions,
-        resolved_settings,
-        bills,
-        superbills,
-        autopay_attempts,
-        statements,
-        delivery_queue,
-        payment_reconciliations,
-    ],
+    selection=list(NIGHT_CHAIN),
     executor_def=dg.in_process_executor,
     description="The whole night in one run, for backfills and `simulate`: each asset walks "
     "the nights in order, and every rule that looks at time looks at the night's own instants.",

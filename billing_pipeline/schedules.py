@@ -12,7 +12,7 @@ import dagster as dg
 
 from billing_pipeline.db.deliveries import due_deliveries, due_reshares
 from billing_pipeline.db.store import list_accounts
-from billing_pipeline.domain.schedule import due_nights
+from billing_pipeline.domain.schedule import Step, due_nights
 from billing_pipeline.jobs import autopay_job, deliver_documents_job, nightly_billing_job
 from billing_pipeline.partitions import ACCOUNTS_TAG, DATABASE_TAG
 from billing_pipeline.resources.clock import Clock
@@ -23,7 +23,7 @@ TICK_CRON = "*/15 * * * *"
 
 
 def _requests(
-    context: dg.ScheduleEvaluationContext, db: BillingDatabase, step: str
+    context: dg.ScheduleEvaluationContext, db: BillingDatabase, step: Step
 ) -> list[dg.RunRequest] | dg.SkipReason:
     tick = context.scheduled_execution_time or datetime.now(UTC)
     with db.engine.connect() as conn:
@@ -51,7 +51,7 @@ def nightly_billing_schedule(
     context: dg.ScheduleEvaluationContext, db: BillingDatabase
 ) -> list[dg.RunRequest] | dg.SkipReason:
     """Bills, superbills and statements at 00:00 in each practice's own zone."""
-    return _requests(context, db, "bills")
+    return _requests(context, db, Step.BILLS)
 
 
 @dg.schedule(
@@ -65,7 +65,7 @@ def autopay_schedule(
 ) -> list[dg.RunRequest] | dg.SkipReason:
     """AutoPay at 00:30 in each practice's own zone (never before that night's bills: the
     asset checks the night's bills step is recorded)."""
-    return _requests(context, db, "autopay")
+    return _requests(context, db, Step.AUTOPAY)
 
 
 IN_FLIGHT = [

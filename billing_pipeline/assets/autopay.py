@@ -11,15 +11,15 @@ from billing_pipeline.assets.billing import bills
 from billing_pipeline.assets.common import (
     for_each_night,
     for_each_practice_night,
+    nightly_asset,
     practice_check,
     practice_check_spec,
     summarize,
 )
-from billing_pipeline.assets.sessions import NIGHTLY
 from billing_pipeline.checks.invariants import no_bill_paid_twice
-from billing_pipeline.db.nightly import NightFigures, create_statements
 from billing_pipeline.db.owners import ClaimOwner, OwnerProbe
-from billing_pipeline.db.store import AccountView
+from billing_pipeline.domain.practice import AccountView
+from billing_pipeline.domain.schedule import Step
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.payments import Payments
@@ -28,6 +28,7 @@ from billing_pipeline.services.autopay import (
     owner_gone_rule,
     run_autopay_night,
 )
+from billing_pipeline.services.nightly import NightFigures, create_statements
 
 UNKNOWN_OUTCOMES = ("left_pending_for_reconciliation", "reconcile_stripe_unavailable")
 
@@ -57,8 +58,7 @@ def run_ended(instance: dg.DagsterInstance) -> Callable[[str], bool]:
     return ended
 
 
-@dg.asset(
-    **NIGHTLY,
+@nightly_asset(
     deps=[bills],
     check_specs=[
         dg.AssetCheckSpec("no_bill_paid_twice", asset="autopay_attempts", blocking=True),
@@ -110,7 +110,7 @@ def autopay_attempts(
 
     with ClaimOwner(db.engine, run_id, timedelta(seconds=config.lease_seconds)) as owner:
         owner_gone = owner_gone_rule(OwnerProbe(db.engine), run_ended(context.instance))
-        figures = for_each_practice_night(context, db, clock, "autopay", one, failed)
+        figures = for_each_practice_night(context, db, clock, Step.AUTOPAY, one, failed)
     with db.engine.connect() as conn:
         check = no_bill_paid_twice(conn)
     return dg.MaterializeResult(
@@ -135,8 +135,7 @@ def autopay_attempts(
     )
 
 
-@dg.asset(
-    **NIGHTLY,
+@nightly_asset(
     deps=[
         bills,
         dg.AssetDep(
@@ -152,7 +151,7 @@ def statements(
     """At 00:00 on the 1st, last month's statement for each client with a bill or a payment in
     that month or an open balance (after that night's bills, before its AutoPay)."""
     failed: dict[str, str] = {}
-    figures = for_each_night(context, db, clock, "bills", create_statements, failed)
+    figures = for_each_night(context, db, clock, Step.BILLS, create_statements, failed)
     return dg.MaterializeResult(
         metadata=summarize(figures, ["statements", "deliveries_queued"]),
         check_results=[practice_check("statements", failed)],

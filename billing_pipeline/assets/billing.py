@@ -4,19 +4,20 @@ import dagster as dg
 
 from billing_pipeline.assets.common import (
     for_each_night,
+    nightly_asset,
     practice_check,
     practice_check_spec,
     summarize,
 )
-from billing_pipeline.assets.sessions import NIGHTLY, resolved_settings
+from billing_pipeline.assets.sessions import resolved_settings
 from billing_pipeline.checks.invariants import bill_totals_match_lines
-from billing_pipeline.db.nightly import create_bills, create_superbills
+from billing_pipeline.domain.schedule import Step
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
+from billing_pipeline.services.nightly import create_bills, create_superbills
 
 
-@dg.asset(
-    **NIGHTLY,
+@nightly_asset(
     deps=[resolved_settings],
     check_specs=[
         dg.AssetCheckSpec("bill_totals_match_lines", asset="bills", blocking=True),
@@ -35,7 +36,7 @@ def bills(
         context,
         db,
         clock,
-        "bills",
+        Step.BILLS,
         lambda conn, p, night, at: create_bills(conn, p, night, at, run_id),
         failed,
     )
@@ -47,7 +48,7 @@ def bills(
     )
 
 
-@dg.asset(**NIGHTLY, deps=[resolved_settings], check_specs=[practice_check_spec("superbills")])
+@nightly_asset(deps=[resolved_settings], check_specs=[practice_check_spec("superbills")])
 def superbills(
     context: dg.AssetExecutionContext, db: BillingDatabase, clock: Clock
 ) -> dg.MaterializeResult:
@@ -55,7 +56,7 @@ def superbills(
     superbill for last month for each client with superbills on who had attended sessions
     with CPT codes in it. Bill creation does not change this day."""
     failed: dict[str, str] = {}
-    figures = for_each_night(context, db, clock, "bills", create_superbills, failed)
+    figures = for_each_night(context, db, clock, Step.BILLS, create_superbills, failed)
     return dg.MaterializeResult(
         metadata=summarize(figures, ["superbills", "deliveries_queued"]),
         check_results=[practice_check("superbills", failed)],

@@ -3,21 +3,55 @@ figures it reports. Wiring only; the rules are in domain/ and the writes in db/.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import dagster as dg
 from sqlalchemy import Connection
 
-from billing_pipeline.db.nightly import NightFigures
-from billing_pipeline.db.store import AccountView, Practice, list_accounts, load_practice
-from billing_pipeline.domain.schedule import step_instant
+from billing_pipeline.db.store import list_accounts, load_practice
+from billing_pipeline.domain.money import dollars
+from billing_pipeline.domain.practice import AccountView, Practice
+from billing_pipeline.domain.schedule import Step, step_instant
 from billing_pipeline.errors import SafeMessageError
-from billing_pipeline.partitions import ACCOUNTS_TAG
+from billing_pipeline.partitions import ACCOUNTS_TAG, service_dates
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
+from billing_pipeline.services.nightly import NightFigures
 
 NightWork = Callable[[Connection, Practice, date, datetime], NightFigures]
+
+# `backfill_policy` is marked beta; we choose single-run backfills deliberately (README).
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+
+# Some practice reaches midnight every hour or so; a chain step that has not run for 26 hours
+# means the schedules stopped, and the UI shows it as failing freshness.
+NIGHTLY_FRESHNESS = dg.FreshnessPolicy.time_window(
+    fail_window=timedelta(hours=26), warn_window=timedelta(hours=25)
+)
+
+
+def nightly_asset(
+    *,
+    deps: Sequence[dg.AssetsDefinition | dg.AssetDep] = (),
+    check_specs: Sequence[dg.AssetCheckSpec] = (),
+    retry_policy: dg.RetryPolicy | None = None,
+) -> Callable[[Callable[..., dg.MaterializeResult]], dg.AssetsDefinition]:
+    """A step of the night: partitioned by service date, in the billing group, one run for a
+    backfill's whole range (each asset walks the nights in order), in the `billing_nightly`
+    pool, failing freshness when the schedules stop."""
+    return dg.asset(
+        partitions_def=service_dates,
+        group_name="billing",
+        kinds={"sql"},
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool="billing_nightly",
+        freshness_policy=NIGHTLY_FRESHNESS,
+        deps=list(deps),
+        check_specs=list(check_specs),
+        retry_policy=retry_policy,
+    )
 
 
 def run_nights(context: dg.AssetExecutionContext) -> list[date]:
@@ -37,7 +71,7 @@ def for_each_practice_night(
     context: dg.AssetExecutionContext,
     db: BillingDatabase,
     clock: Clock,
-    step: str,
+    step: Step,
     work: Callable[[AccountView, date, datetime], NightFigures],
     failed: dict[str, str],
 ) -> list[NightFigures]:
@@ -81,7 +115,7 @@ def for_each_night(
     context: dg.AssetExecutionContext,
     db: BillingDatabase,
     clock: Clock,
-    step: str,
+    step: Step,
     work: NightWork,
     failed: dict[str, str],
 ) -> list[NightFigures]:
@@ -121,10 +155,6 @@ def practice_check(asset: str, failed: dict[str, str]) -> dg.AssetCheckResult:
             else "every practice done"
         ),
     )
-
-
-def dollars(cents: int) -> str:
-    return f"${cents / 100:,.2f}" if cents >= 0 else f"-${-cents / 100:,.2f}"
 
 
 def summarize(figures: Sequence[NightFigures], headline: Sequence[str]) -> dict[str, object]:

@@ -6,19 +6,19 @@ from billing_pipeline.assets.autopay import autopay_attempts, statements
 from billing_pipeline.assets.billing import superbills
 from billing_pipeline.assets.common import (
     for_each_night,
+    nightly_asset,
     practice_check,
     practice_check_spec,
     summarize,
 )
-from billing_pipeline.assets.sessions import NIGHTLY
 from billing_pipeline.checks.invariants import deliveries_never_early
-from billing_pipeline.db.nightly import release_deliveries
+from billing_pipeline.domain.schedule import Step
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
+from billing_pipeline.services.nightly import release_deliveries
 
 
-@dg.asset(
-    **NIGHTLY,
+@nightly_asset(
     deps=[autopay_attempts, superbills, statements],
     check_specs=[
         dg.AssetCheckSpec("deliveries_never_early", asset="delivery_queue"),
@@ -36,7 +36,7 @@ def delivery_queue(
         context,
         db,
         clock,
-        "autopay",
+        Step.AUTOPAY,
         lambda conn, p, night, _at: release_deliveries(conn, p.account.id, night),
         failed,
     )

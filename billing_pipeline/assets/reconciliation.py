@@ -3,8 +3,7 @@
 import dagster as dg
 
 from billing_pipeline.assets.autopay import autopay_attempts, run_ended
-from billing_pipeline.assets.common import run_accounts, run_nights
-from billing_pipeline.assets.sessions import NIGHTLY
+from billing_pipeline.assets.common import nightly_asset, run_accounts, run_nights
 from billing_pipeline.db.owners import OwnerProbe
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.payments import Payments
@@ -13,8 +12,7 @@ from billing_pipeline.services.autopay import ledger_drift, owner_gone_rule
 CHECK = "stripe_charges_match_payments"
 
 
-@dg.asset(
-    **NIGHTLY,
+@nightly_asset(
     deps=[autopay_attempts],
     check_specs=[
         dg.AssetCheckSpec(

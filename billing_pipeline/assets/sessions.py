@@ -1,43 +1,22 @@
 """eligible_sessions and resolved_settings: what a night will bill, and under which settings."""
 
-import warnings
-from datetime import timedelta
-
 import dagster as dg
 
 from billing_pipeline.assets.common import (
     for_each_night,
+    nightly_asset,
     practice_check,
     practice_check_spec,
     summarize,
 )
 from billing_pipeline.checks.invariants import imported_sessions_have_cpt_codes
-from billing_pipeline.db.nightly import record_eligible_sessions, record_resolved_settings
-from billing_pipeline.partitions import service_dates
+from billing_pipeline.domain.schedule import Step
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
-
-# `backfill_policy` is marked beta; we choose single-run backfills deliberately (README).
-warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
-
-# Some practice reaches midnight every hour or so; a chain step that has not run for 26 hours
-# means the schedules stopped, and the UI shows it as failing freshness.
-NIGHTLY_FRESHNESS = dg.FreshnessPolicy.time_window(
-    fail_window=timedelta(hours=26), warn_window=timedelta(hours=25)
-)
-
-NIGHTLY = {
-    "partitions_def": service_dates,
-    "group_name": "billing",
-    "kinds": {"sql"},
-    "backfill_policy": dg.BackfillPolicy.single_run(),
-    "pool": "billing_nightly",
-    "freshness_policy": NIGHTLY_FRESHNESS,
-}
+from billing_pipeline.services.nightly import record_eligible_sessions, record_resolved_settings
 
 
-@dg.asset(
-    **NIGHTLY,
+@nightly_asset(
     check_specs=[
         dg.AssetCheckSpec("imported_sessions_have_cpt_codes", asset="eligible_sessions"),
         practice_check_spec("eligible_sessions"),
@@ -54,7 +33,7 @@ def eligible_sessions(
         context,
         db,
         clock,
-        "bills",
+        Step.BILLS,
         lambda conn, p, night, _at: record_eligible_sessions(conn, p, night),
         failed,
     )
@@ -68,8 +47,7 @@ def eligible_sessions(
     )
 
 
-@dg.asset(
-    **NIGHTLY,
+@nightly_asset(
     deps=[eligible_sessions],
     check_specs=[practice_check_spec("resolved_settings")],
 )
@@ -84,7 +62,7 @@ def resolved_settings(
         context,
         db,
         clock,
-        "bills",
+        Step.BILLS,
         lambda conn, p, night, _at: record_resolved_settings(conn, p, night),
         failed,
     )

@@ -9,7 +9,7 @@ import dagster as dg
 from sqlalchemy import Connection, and_, func, select
 
 from billing_pipeline.db import models as m
-from billing_pipeline.db.nightly import IMPORTED_MISSING_CPT
+from billing_pipeline.services.nightly import IMPORTED_MISSING_CPT
 
 SHOWN = 100  # offending ids listed in a check's metadata; the count says how many in all
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, or_, select, update
+from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
 
 from billing_pipeline.db import models as m
 from billing_pipeline.domain.autopay import Outcome
@@ -16,6 +16,7 @@ from billing_pipeline.domain.delivery import (
     bill_status_at,
     outcome_wait_over,
 )
+from billing_pipeline.domain.schedule import Step
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def _autopay_done():  # type: ignore[no-untyped-def]
             and_(
                 m.NightStep.account_id == m.Delivery.account_id,
                 m.NightStep.night == m.Delivery.night,
-                m.NightStep.step == "autopay",
+                m.NightStep.step == Step.AUTOPAY.value,
             )
         )
         .exists()
@@ -186,3 +187,33 @@ def mark_reshared(conn: Connection, delivery_id: int, at: datetime) -> bool:
             .values(reshared_at=at)
         ).rowcount
     )
+
+
+def record_share(
+    conn: Connection,
+    delivery: DueDelivery,
+    shared_at: datetime,
+    *,
+    revision: int = 0,
+    bill_status: str | None = None,
+) -> None:
+    """The portal share of a delivery, once per revision (a re-run finds it there)."""
+    exists = conn.execute(
+        select(m.PortalShare.id).where(
+            and_(m.PortalShare.delivery_id == delivery.id, m.PortalShare.revision == revision)
+        )
+    ).first()
+    if exists is None:
+        conn.execute(
+            insert(m.PortalShare).values(
+                delivery_id=delivery.id,
+                revision=revision,
+                client_id=delivery.client_id,
+                recipient=delivery.recipient,
+                recipient_id=delivery.recipient_id,
+                document_type=delivery.document_type,
+                document_id=delivery.document_id,
+                bill_status=bill_status,
+                shared_at=shared_at,
+            )
+        )

@@ -13,67 +13,17 @@ from datetime import UTC, date, datetime
 from sqlalchemy import Connection, and_, insert, select
 
 from billing_pipeline.db import models as m
+from billing_pipeline.domain.practice import AccountView, ClientView, ContactView, Practice
 from billing_pipeline.domain.sessions import Service, Session, SessionSource, SessionStatus
 from billing_pipeline.domain.settings import (
     BillCreation,
     Card,
     DefaultsChange,
     DefaultsVersion,
-    Party,
     Sharing,
     defaults_history,
     sharing_for_new_client,
 )
-
-# --- Views the rules work on -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AccountView:
-    id: str
-    timezone: str
-    bill_creation: BillCreation
-    superbill_day_of_month: int
-    autopay_enabled: bool
-
-
-@dataclass(frozen=True)
-class ContactView:
-    id: str
-    autopay_enabled: bool
-    card: Card | None
-
-    def party(self) -> Party:
-        return Party("billing_contact", self.id, self.autopay_enabled, self.card)
-
-
-@dataclass(frozen=True)
-class ClientView:
-    id: str
-    account_id: str
-    billing_contact_id: str | None
-    auto_bill: bool
-    superbills_enabled: bool
-    autopay_enabled: bool
-    sharing: Sharing
-    card: Card | None
-
-    def party(self) -> Party:
-        return Party("client", self.id, self.autopay_enabled, self.card)
-
-
-@dataclass(frozen=True)
-class Practice:
-    """An account with its clients and billing contacts, as one night sees them."""
-
-    account: AccountView
-    clients: Mapping[str, ClientView]
-    contacts: Mapping[str, ContactView]
-
-    def contact_of(self, client: ClientView) -> ContactView | None:
-        if client.billing_contact_id is None:
-            return None
-        return self.contacts[client.billing_contact_id]
 
 
 def _sharing(row: object) -> Sharing:

@@ -5,10 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
+from enum import StrEnum
 
 from billing_pipeline.domain.calendar import is_month_end
 from billing_pipeline.domain.sessions import Session
 from billing_pipeline.domain.settings import BillCreation
+
+
+class BillStatus(StrEnum):
+    OPEN = "open"
+    PAID = "paid"
 
 
 @dataclass(frozen=True)

@@ -8,19 +8,27 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
+from enum import StrEnum
 
 from billing_pipeline.domain.calendar import AUTOPAY_OFFSET, bills_instant, local_date
 
 TICK = timedelta(minutes=15)
 
 
-def step_instant(night: date, tz: str, step: str) -> datetime:
+class Step(StrEnum):
+    """A step of a practice's night that is recorded once done (table night_steps)."""
+
+    BILLS = "bills"  # 00:00 local: bills, superbills, statements
+    AUTOPAY = "autopay"  # 00:30 local
+
+
+def step_instant(night: date, tz: str, step: Step) -> datetime:
     base = bills_instant(night, tz)
-    return base + AUTOPAY_OFFSET if step == "autopay" else base
+    return base + AUTOPAY_OFFSET if step == Step.AUTOPAY else base
 
 
 def due_nights(
-    accounts: Iterable[tuple[str, str]], tick: datetime, step: str, period: timedelta = TICK
+    accounts: Iterable[tuple[str, str]], tick: datetime, step: Step, period: timedelta = TICK
 ) -> dict[date, list[str]]:
     """{night: [account ids]} whose `step` instant is in (tick - period, tick]."""
     out: dict[date, list[str]] = {}

@@ -10,10 +10,9 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 from pydantic import Field
-from sqlalchemy import Connection, and_, insert, select
+from sqlalchemy import Connection
 
-from billing_pipeline.db import models as m
-from billing_pipeline.db.deliveries import DueDelivery
+from billing_pipeline.db.deliveries import DueDelivery, record_share
 from billing_pipeline.domain.delivery import DEFAULT_OUTCOME_WAIT
 
 
@@ -42,28 +41,7 @@ class Notifier(dg.ConfigurableResource):
     ) -> None:
         """Record the share once per revision (a re-run finds it there): revision 0 is the
         first share, 1 the bill shared again once AutoPay paid it."""
-        exists = conn.execute(
-            select(m.PortalShare.id).where(
-                and_(
-                    m.PortalShare.delivery_id == delivery.id,
-                    m.PortalShare.revision == revision,
-                )
-            )
-        ).first()
-        if exists is None:
-            conn.execute(
-                insert(m.PortalShare.__table__).values(
-                    delivery_id=delivery.id,
-                    revision=revision,
-                    client_id=delivery.client_id,
-                    recipient=delivery.recipient,
-                    recipient_id=delivery.recipient_id,
-                    document_type=delivery.document_type,
-                    document_id=delivery.document_id,
-                    bill_status=bill_status,
-                    shared_at=shared_at,
-                )
-            )
+        record_share(conn, delivery, shared_at, revision=revision, bill_status=bill_status)
 
     def portal_link(self, delivery: DueDelivery) -> str:
         return f"{self.portal_base_url}/documents/{delivery.document_type}/{delivery.document_id}"

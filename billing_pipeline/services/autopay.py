@@ -20,21 +20,17 @@ record in small batches.
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from enum import StrEnum
 from functools import partial
 
 from sqlalchemy import Connection
 
 from billing_pipeline.db import autopay as records
-from billing_pipeline.db.nightly import NightFigures, decide_autopay, mark_step, step_done
+from billing_pipeline.db.nightly import mark_step, step_done
 from billing_pipeline.db.owners import ClaimOwner, OwnerProbe, run_id_of
-from billing_pipeline.db.store import Practice, load_practice
+from billing_pipeline.db.store import load_practice
 from billing_pipeline.domain.autopay import (
     LedgerDrift,
     LedgerEntry,
@@ -48,6 +44,8 @@ from billing_pipeline.domain.autopay import (
     retry_block,
     unsent_attempt,
 )
+from billing_pipeline.domain.practice import Practice
+from billing_pipeline.domain.schedule import Step
 from billing_pipeline.errors import SafeMessageError
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.payments import (
@@ -60,44 +58,10 @@ from billing_pipeline.resources.payments import (
     Payments,
     StripeUnavailable,
 )
+from billing_pipeline.services.nightly import NightFigures, decide_autopay
+from billing_pipeline.testing import FaultPoint, fault_point
 
 BILLS_NOT_MADE = "bills_not_made"
-
-# --- Test-only crash hook ---------------------------------------------------------------------
-
-FAULT_ENV = "BILLING_FAULT"
-
-
-class FaultPoint(StrEnum):
-    BEFORE_STRIPE = "before_stripe"  # a charge is claimed and committed, not yet sent
-    AFTER_STRIPE_SUCCESS = "after_stripe_success"  # Stripe charged; outcome not yet written
-    AFTER_OUTCOME = "after_outcome"  # the outcome is committed
-
-
-_fault_hits: dict[str, int] = {}
-_fault_lock = threading.Lock()
-
-
-def fault_point(point: FaultPoint) -> None:
-    """TEST-ONLY crash hook for tests/integration/test_autopay_crashes.py.
-
-    With `BILLING_FAULT=<point>[@n]` in the environment, the process kills itself with SIGKILL
-    the n-th time (default 1) it reaches `point`: no exception, no `finally`, no rollback
-    beyond what the database does for an open transaction, exactly like a machine dying.
-    Production never sets the variable; then this is one dictionary lookup."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    name, _, nth = spec.partition("@")
-    if name not in FaultPoint.__members__.values():
-        raise ValueError(f"{FAULT_ENV}: unknown fault point {name!r}")
-    if name != point.value:
-        return
-    with _fault_lock:
-        _fault_hits[name] = _fault_hits.get(name, 0) + 1
-        hit = _fault_hits[name] == int(nth or 1)
-    if hit:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # --- Reconciliation ---------------------------------------------------------------------------
@@ -346,7 +310,7 @@ def run_autopay_night(
     """AutoPay for one practice's night. Never runs for a night whose bills were not made."""
     figures = NightFigures(account_id, night)
     with db.engine.connect() as conn:
-        ready = step_done(conn, account_id, night, "bills")
+        ready = step_done(conn, account_id, night, Step.BILLS)
     if not ready:
         figures.add(BILLS_NOT_MADE)
         return figures
@@ -424,7 +388,7 @@ def run_autopay_night(
             figures.add(key, n)
         attempts += len(claims)
         charge(claims)
-    db.transact(lambda conn: mark_step(conn, account_id, night, "autopay", at, run_id))
+    db.transact(lambda conn: mark_step(conn, account_id, night, Step.AUTOPAY, at, run_id))
     figures.add("attempts", attempts)
     return figures
 

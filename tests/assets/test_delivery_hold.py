@@ -10,12 +10,11 @@ from sqlalchemy import select, update
 
 from billing_pipeline.assets.autopay import autopay_attempts
 from billing_pipeline.assets.billing import bills
+from billing_pipeline.assets.chain import chain_through
 from billing_pipeline.assets.delivery import delivery_queue
-from billing_pipeline.assets.sessions import eligible_sessions, resolved_settings
 from billing_pipeline.db import autopay as records
 from billing_pipeline.db import models as m
 from billing_pipeline.db.deliveries import due_deliveries
-from billing_pipeline.db.loader import load_scenario
 from billing_pipeline.db.owners import ClaimOwner
 from billing_pipeline.domain.autopay import Outcome, idempotency_key
 from billing_pipeline.jobs import deliver_documents_job
@@ -23,6 +22,7 @@ from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.notifier import Notifier
 from billing_pipeline.resources.payments import Payments
+from billing_pipeline.scenario.load import load_scenario
 from tests.conftest import CONTRACT
 
 warnings.filterwarnings("ignore", message=".*is currently in beta.*")
@@ -42,7 +42,7 @@ def test_bill_waits_for_autopay_then_is_released(engine, database_url, localstri
     resources = {"db": BillingDatabase(url=database_url), "clock": clock, "payments": payments}
     instance = dg.DagsterInstance.ephemeral()
 
-    _materialize([eligible_sessions, resolved_settings, bills], resources, instance)
+    _materialize(chain_through(bills), resources, instance)
     # The queue step without the night's AutoPay (it failed or never ran): the bill stays held.
     _materialize([delivery_queue], resources, instance)
     with engine.connect() as conn:
@@ -72,7 +72,7 @@ def test_a_bill_waits_for_its_attempt_in_flight_then_goes_as_it_stands_and_again
     db = BillingDatabase(url=database_url)
     resources = {"db": db, "clock": clock, "payments": payments}
     instance = dg.DagsterInstance.ephemeral()
-    _materialize([eligible_sessions, resolved_settings, bills], resources, instance)
+    _materialize(chain_through(bills), resources, instance)
     with engine.begin() as conn:
         bill = conn.execute(select(m.Bill.__table__).order_by(m.Bill.id)).first()
         card = conn.execute(
@@ -165,7 +165,7 @@ def test_a_bill_held_for_autopay_is_shared_once_autopay_ran_even_if_the_queue_st
     db = BillingDatabase(url=database_url)
     resources = {"db": db, "clock": clock, "payments": payments}
     instance = dg.DagsterInstance.ephemeral()
-    _materialize([eligible_sessions, resolved_settings, bills], resources, instance)
+    _materialize(chain_through(bills), resources, instance)
     with engine.connect() as conn:
         assert "delivery_waiting_for_autopay" in _warning_codes(conn)
         assert due_deliveries(conn, clock.now_for) == []

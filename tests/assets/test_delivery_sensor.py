@@ -18,12 +18,11 @@ from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.utils import make_new_run_id
 from sqlalchemy import Engine, select
 
-from billing_pipeline.assets.autopay import autopay_attempts, statements
-from billing_pipeline.assets.billing import bills, superbills
+from billing_pipeline.assets.autopay import autopay_attempts
+from billing_pipeline.assets.billing import bills
+from billing_pipeline.assets.chain import chain_through
 from billing_pipeline.assets.delivery import delivery_queue
-from billing_pipeline.assets.sessions import eligible_sessions, resolved_settings
 from billing_pipeline.db import models as m
-from billing_pipeline.db.loader import load_scenario
 from billing_pipeline.jobs import deliver_documents_job
 from billing_pipeline.localstripe_server import LocalStripe
 from billing_pipeline.partitions import DATABASE_TAG
@@ -31,19 +30,12 @@ from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.notifier import Notifier
 from billing_pipeline.resources.payments import Payments
+from billing_pipeline.scenario.load import load_scenario
 from billing_pipeline.schedules import deliver_due_documents
 from tests.conftest import CONTRACT
 
 SCENARIO = CONTRACT / "scenarios" / "daily_autopay.json"
-ASSETS = [
-    eligible_sessions,
-    resolved_settings,
-    bills,
-    superbills,
-    autopay_attempts,
-    statements,
-    delivery_queue,
-]
+ASSETS = chain_through(delivery_queue)
 NIGHT = "2026-10-20"
 # Ana's bill for 10-20 is made at 00:00 on 10-21 in Los Angeles (07:00Z), AutoPay runs at
 # 07:30Z and her 60-minute sharing delay makes the bill due at 08:00Z.
@@ -111,7 +103,7 @@ def test_sensor_follows_a_night_from_nothing_due_to_delivered(world) -> None:  #
     assert skip.skip_message == "nothing is due"
 
     # 00:00: the bill is made and its delivery queued, held for AutoPay (07:30Z < 08:00Z).
-    materialize([eligible_sessions, resolved_settings, bills], db, payments, instance)
+    materialize(chain_through(bills), db, payments, instance)
     [held] = deliveries(engine)
     assert held["document_type"] == "bill"
     assert held["client_id"] == "cl-ana"

@@ -9,12 +9,12 @@ import pytest
 from sqlalchemy import select, update
 
 from billing_pipeline.assets.billing import bills
-from billing_pipeline.assets.sessions import eligible_sessions, resolved_settings
+from billing_pipeline.assets.chain import chain_through
 from billing_pipeline.db import models as m
-from billing_pipeline.db.loader import load_scenario
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.payments import Payments
+from billing_pipeline.scenario.load import load_scenario
 from tests.conftest import CONTRACT
 
 
@@ -34,7 +34,7 @@ def test_a_broken_practice_is_flagged_and_the_others_are_billed(
             .values(timezone="Mars/Olympus_Mons")
         )
     result = dg.materialize(
-        [eligible_sessions, resolved_settings, bills],
+        chain_through(bills),
         partition_key="2026-11-20",
         resources={
             "db": BillingDatabase(url=database_url),

@@ -131,7 +131,7 @@ def many_clients(n: int, nights: int, first: date = FIRST_NIGHT) -> dict[str, An
 
 
 def load(engine: Engine, doc: dict[str, Any], tmp_path: Path, stripe_url: str) -> None:
-    from billing_pipeline.db.loader import load_scenario
+    from billing_pipeline.scenario.load import load_scenario
 
     path = tmp_path / f"scenario-{time.monotonic_ns()}.json"
     path.write_text(json.dumps(doc))
@@ -170,16 +170,15 @@ def run_night(
     practice (its `every_practice_done` check names it), or the (asset, check) that fails."""
     import dagster as dg
 
-    from billing_pipeline.assets.autopay import autopay_attempts, statements
-    from billing_pipeline.assets.billing import bills, superbills
+    from billing_pipeline.assets.chain import NIGHT_CHAIN
+    from billing_pipeline.assets.delivery import delivery_queue
     from billing_pipeline.assets.reconciliation import payment_reconciliations
-    from billing_pipeline.assets.sessions import eligible_sessions, resolved_settings
     from billing_pipeline.resources.clock import Clock
     from billing_pipeline.resources.database import BillingDatabase
 
-    assets = [eligible_sessions, resolved_settings, bills, superbills, autopay_attempts, statements]
-    if with_reconciliation:
-        assets.append(payment_reconciliations)
+    assets = [a for a in NIGHT_CHAIN if a is not delivery_queue]
+    if not with_reconciliation:
+        assets.remove(payment_reconciliations)
     result = dg.materialize(
         assets,
         partition_key=night.isoformat(),
@@ -519,12 +518,12 @@ def make_bills(database_url: str, night: date) -> None:
     import dagster as dg
 
     from billing_pipeline.assets.billing import bills
-    from billing_pipeline.assets.sessions import eligible_sessions, resolved_settings
+    from billing_pipeline.assets.chain import chain_through
     from billing_pipeline.resources.clock import Clock
     from billing_pipeline.resources.database import BillingDatabase
 
     dg.materialize(
-        [eligible_sessions, resolved_settings, bills],
+        chain_through(bills),
         partition_key=night.isoformat(),
         resources={
             "db": BillingDatabase(url=database_url),

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import Engine
 
 from billing_pipeline.localstripe_server import LocalStripe
-from billing_pipeline.services.autopay import FAULT_ENV, FaultPoint
+from billing_pipeline.testing import FAULT_ENV, FaultPoint
 from tests.integration.autopay_harness import (
     FIRST_NIGHT,
     ROOT,

@@ -31,7 +31,8 @@ from billing_pipeline.db.engine import get_engine, upgrade
 from billing_pipeline.localstripe_server import LocalStripe
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.payments import Payments
-from billing_pipeline.services.autopay import FAULT_ENV, FaultPoint, ledger_drift
+from billing_pipeline.services.autopay import ledger_drift
+from billing_pipeline.testing import FAULT_ENV, FaultPoint
 from tests.conftest import PG_ADMIN_URL, create_pg_database, drop_pg_database
 from tests.integration.autopay_harness import (
     API_KEY,

@@ -17,7 +17,7 @@ from billing_pipeline.domain.autopay import (
     retry_block,
     unsent_attempt,
 )
-from billing_pipeline.services.autopay import FAULT_ENV, FaultPoint, fault_point
+from billing_pipeline.testing import FAULT_ENV, FaultPoint, fault_point
 
 
 def verdict(**changes: object) -> Unsent:

@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, func, select, text
 
 from billing_pipeline.assets.billing import bills
-from billing_pipeline.assets.sessions import eligible_sessions, resolved_settings
+from billing_pipeline.assets.chain import chain_through
+from billing_pipeline.assets.sessions import eligible_sessions
 from billing_pipeline.config import LOCK_TIMEOUT_ENV, STATEMENT_TIMEOUT_ENV
 from billing_pipeline.db import models as m
 from billing_pipeline.db.engine import dispose_engines, get_engine, upgrade
@@ -55,7 +56,7 @@ def pg_engine(pg_url: str) -> Engine:
 def bills_night(url: str, night: date) -> Any:
     """The 00:00 step of a night (eligible sessions, settings, bills) through the real assets."""
     return dg.materialize(
-        [eligible_sessions, resolved_settings, bills],
+        chain_through(bills),
         partition_key=night.isoformat(),
         resources={
             "db": BillingDatabase(url=url),

@@ -19,19 +19,14 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, func, select
 
 from billing_pipeline.cli import main
-from billing_pipeline.db import loader, store
 from billing_pipeline.db import models as m
-from billing_pipeline.db.loader import (
-    CardRegistrationError,
-    ExistingRecords,
-    LoadSummary,
-    ScenarioError,
-    load_scenario,
-    read_scenario,
-    validate_scenario,
-)
+from billing_pipeline.db import store
 from billing_pipeline.localstripe_server import LocalStripe
 from billing_pipeline.resources.payments import Payments, PaymentsNotConfigured
+from billing_pipeline.scenario import load, read
+from billing_pipeline.scenario.load import LoadSummary, load_scenario
+from billing_pipeline.scenario.read import CardRegistrationError, ScenarioError, read_scenario
+from billing_pipeline.scenario.validate import ExistingRecords, validate_scenario
 from tests.conftest import CONTRACT
 
 SCENARIOS = sorted(
@@ -175,7 +170,7 @@ def test_sharing_defaults_in_force_at_created_at(engine: Engine, payments: Payme
 
 def test_packaged_schema_is_the_contracts() -> None:
     contract = json.loads((CONTRACT / "scenario.schema.json").read_text())
-    assert loader.scenario_schema() == contract
+    assert read.scenario_schema() == contract
 
 
 def test_changes_over_time_are_refused_whole_until_they_are_built() -> None:
@@ -184,9 +179,9 @@ def test_changes_over_time_are_refused_whole_until_they_are_built() -> None:
     doc = json.loads((CONTRACT / "scenarios" / "next" / "changes_over_time.json").read_text())
     assert doc["changes"]
     with pytest.raises(ScenarioError) as err:
-        loader.validate_scenario(doc)
+        validate_scenario(doc)
     assert str(err.value) == "changes[0]: changes over time are not supported by this version yet"
-    loader.validate_scenario({**doc, "changes": []})  # an empty list changes nothing
+    validate_scenario({**doc, "changes": []})  # an empty list changes nothing
 
 
 # --- Bad input ---------------------------------------------------------------------------------
@@ -652,7 +647,7 @@ def test_a_database_refusal_names_no_personal_data(
 ) -> None:
     doc, good, bad = unique_owners_doc()
     doc["clients"][1]["payment_method"]["card"] = CARD
-    monkeypatch.setattr(loader, "payment_method_id", lambda owner_type, owner_id: "pm-same")
+    monkeypatch.setattr(load, "payment_method_id", lambda owner_type, owner_id: "pm-same")
     before = snapshot(engine)
     with pytest.raises(ScenarioError) as refused:
         load_scenario(write(tmp_path, doc), engine, payments)
@@ -870,7 +865,7 @@ def test_files_over_the_size_limit_are_refused_before_they_are_read(
         "is 10,737,418,240 bytes, over the limit of 52,428,800 bytes "
         "(set BILLING_SCENARIO_MAX_BYTES to change it)"
     )
-    assert loader.MAX_BYTES == 50 * 2**20
+    assert read.MAX_BYTES == 50 * 2**20
 
     path = write(tmp_path, second_doc())
     size = path.stat().st_size

@@ -10,7 +10,6 @@ from sqlalchemy import Connection, select
 
 from billing_pipeline.db import models as m
 from billing_pipeline.db.autopay import AttemptForStaff, attempt_history, attempts_for_staff
-from billing_pipeline.db.nightly import decide_autopay
 from billing_pipeline.db.store import billed_session_ids, load_practice, load_sessions
 from billing_pipeline.domain import calendar as cal
 from billing_pipeline.domain.autopay import (
@@ -25,6 +24,7 @@ from billing_pipeline.domain.autopay import (
 )
 from billing_pipeline.domain.billing import bills_due
 from billing_pipeline.domain.documents import statement_month, superbill_month
+from billing_pipeline.domain.money import dollars
 from billing_pipeline.domain.sessions import INELIGIBLE_WORDS, needs_cpt_flag, why_not_eligible
 from billing_pipeline.domain.settings import (
     BillCreation,
@@ -32,6 +32,7 @@ from billing_pipeline.domain.settings import (
     settings_warnings,
     short_name,
 )
+from billing_pipeline.services.nightly import decide_autopay
 
 # Why an attempt is still pending (the code we noted) or ended as an error, for staff.
 UNKNOWN_WORDS = {
@@ -245,7 +246,7 @@ def explain(conn: Connection, client_id: str, night: date | None = None) -> str:
     for a, declines in zip(attempts, streaks, strict=True):
         local = a.attempted_at.astimezone(cal.zone(tz))
         lines.append(
-            f"  {local:%Y-%m-%d %H:%M} for night {a.night}: ${a.amount_cents / 100:,.2f} "
+            f"  {local:%Y-%m-%d %H:%M} for night {a.night}: {dollars(a.amount_cents)} "
             f"from the {a.payer.replace('_', ' ')}: "
             f"{_attempt_words(a, declines, payment_method_now)}"
         )

@@ -1,0 +1,213 @@
+"""Loading a checked scenario: cards registered in Stripe, everything written in one transaction.
+
+The cards are registered in Stripe first (their numbers never reach the database), then
+everything is written in one transaction through the same `db.store` functions production uses:
+a new client receives the account's sharing defaults in force at its `created_at`. When the
+write fails, the transaction rolls back and the Stripe customers made for it are deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from hashlib import sha256
+from pathlib import Path
+
+import stripe
+from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import DBAPIError
+
+from billing_pipeline.db import models as m
+from billing_pipeline.db import store
+from billing_pipeline.resources.payments import Payments, RegisteredCard
+from billing_pipeline.scenario.read import (
+    CardRegistrationError,
+    ScenarioError,
+    check_schema,
+    read_scenario,
+)
+from billing_pipeline.scenario.validate import (
+    CardToRegister,
+    Scenario,
+    checked_scenario,
+    chunks,
+    existing_records,
+    no_values,
+)
+
+# --- Loading ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadSummary:
+    accounts: int
+    billing_contacts: int
+    clients: int
+    sessions: int
+    payment_methods: int
+
+    def __str__(self) -> str:
+        counts = (
+            (self.accounts, "account"),
+            (self.billing_contacts, "billing contact"),
+            (self.clients, "client"),
+            (self.sessions, "session"),
+            (self.payment_methods, "payment method"),
+        )
+        return ", ".join(f"{n} {word}{'' if n == 1 else 's'}" for n, word in counts)
+
+
+def payment_method_id(owner_type: str, owner_id: str) -> str:
+    """Our own id for the card on file of a client or billing contact (at most 64 chars)."""
+    plain = f"pm-{owner_type}-{owner_id}"
+    if len(plain) <= 64:
+        return plain
+    return "pm-" + sha256(f"{owner_type}:{owner_id}".encode()).hexdigest()[:48]
+
+
+def _stripe_words(err: Exception) -> str:
+    if isinstance(err, stripe.StripeError):
+        code = getattr(err, "code", None)
+        words = err.user_message or ""
+        detail = ": ".join(x for x in (code, words) if x) or type(err).__name__
+        status = getattr(err, "http_status", None)
+        if isinstance(err, stripe.CardError | stripe.InvalidRequestError):
+            return f"Stripe refused the card ({detail})"
+        return f"Stripe failed ({detail}{f', HTTP {status}' if status else ''})"
+    return f"Stripe could not be reached ({type(err).__name__})"
+
+
+def _delete_customers(payments: Payments, registered: Mapping[object, RegisteredCard]) -> None:
+    """Best effort: the scenario was not loaded, so its Stripe customers should not stay."""
+    for card in registered.values():
+        try:
+            payments.delete_customer(card.stripe_customer_id)
+        except Exception:  # best effort: the original failure is what matters
+            continue
+
+
+def register_cards(
+    payments: Payments, cards: Sequence[CardToRegister]
+) -> dict[tuple[str, str], RegisteredCard]:
+    """Register each card in Stripe. When one fails, the customers already made are deleted
+    and CardRegistrationError names the payment method (never the number)."""
+    registered: dict[tuple[str, str], RegisteredCard] = {}
+    for card in cards:
+        try:
+            registered[card.owner] = payments.register_card(
+                owner_ref=card.owner_id,
+                number=card.number,
+                exp_month=card.exp_month,
+                exp_year=card.exp_year,
+            )
+        except (stripe.StripeError, OSError) as err:
+            _delete_customers(payments, registered)
+            raise CardRegistrationError(
+                card.path, f"{no_values(_stripe_words(err))}; nothing was written"
+            ) from None
+        except BaseException:
+            _delete_customers(payments, registered)
+            raise
+    return registered
+
+
+def _write(
+    conn: Connection,
+    scenario: Scenario,
+    registered: Mapping[tuple[str, str], RegisteredCard],
+) -> None:
+    for account in scenario.accounts:
+        store.create_account(conn, account)
+    pm_ids: dict[tuple[str, str], str] = {}
+    now = store.utcnow()
+    for card in scenario.cards:
+        stripe_card = registered[card.owner]
+        pm_ids[card.owner] = store.create_payment_method(
+            conn,
+            card.account_id,
+            card.owner_type,
+            card.owner_id,
+            store.NewCard(
+                id=payment_method_id(card.owner_type, card.owner_id),
+                stripe_customer_id=stripe_card.stripe_customer_id,
+                stripe_payment_method_id=stripe_card.stripe_payment_method_id,
+                brand=stripe_card.brand,
+                last4=stripe_card.last4,
+                exp_month=stripe_card.exp_month,
+                exp_year=stripe_card.exp_year,
+            ),
+            created_at=now,
+        )
+    # Contacts before clients: a client points at its billing contact.
+    for contact in scenario.billing_contacts:
+        store.create_billing_contact(
+            conn,
+            id=contact.id,
+            account_id=contact.account_id,
+            name=contact.name,
+            email=contact.email,
+            autopay_enabled=contact.autopay_enabled,
+            payment_method_id=pm_ids.get(("billing_contact", contact.id)),
+        )
+    for client in scenario.clients:
+        store.create_client(
+            conn, replace(client, payment_method_id=pm_ids.get(("client", client.id)))
+        )
+    for session in scenario.sessions:
+        store.create_session(conn, session)
+
+
+def _taken_payment_method_ids(conn: Connection, scenario: Scenario) -> set[str]:
+    wanted = {payment_method_id(*card.owner) for card in scenario.cards}
+    taken: set[str] = set()
+    for chunk in chunks(wanted):
+        taken.update(
+            conn.execute(select(m.PaymentMethod.id).where(m.PaymentMethod.id.in_(chunk))).scalars()
+        )
+    return taken
+
+
+def load_scenario(path: Path, engine: Engine, payments: Payments) -> LoadSummary:
+    """Load a scenario file into the billing database: the whole file is checked first, then
+    its cards are registered in Stripe, then everything is written in one transaction. On any
+    failure nothing of the file stays, in the database or (best effort) in Stripe.
+
+    Raises ScenarioError (the first bad field, by JSON path), CardRegistrationError (Stripe
+    refused a card), or PaymentsNotConfigured (cards to register but no Stripe key).
+    """
+    doc = read_scenario(path)
+    check_schema(doc)
+    assert isinstance(doc, dict)  # the schema says so
+    with engine.connect() as conn:
+        existing = existing_records(conn, doc)
+    scenario = checked_scenario(doc, existing)
+
+    registered = register_cards(payments, scenario.cards) if scenario.cards else {}
+    try:
+        with engine.begin() as conn:
+            # Someone may have written since the check: check again inside the transaction.
+            checked_scenario(doc, existing_records(conn, doc))
+            taken = sorted(_taken_payment_method_ids(conn, scenario))
+            if taken:
+                raise ScenarioError(
+                    "", f"payment method id {taken[0]!r} already exists in the database"
+                )
+            _write(conn, scenario, registered)
+    except DBAPIError as err:
+        _delete_customers(payments, registered)
+        # The driver's message may quote a failing row (names, emails): never repeat it.
+        constraint = getattr(getattr(err.orig, "diag", None), "constraint_name", None)
+        detail = type(err.orig).__name__ + (f" on {constraint}" if constraint else "")
+        raise ScenarioError(
+            "", f"the database refused the write ({detail}); nothing was written"
+        ) from None
+    except BaseException:
+        _delete_customers(payments, registered)
+        raise
+    return LoadSummary(
+        accounts=len(scenario.accounts),
+        billing_contacts=len(scenario.billing_contacts),
+        clients=len(scenario.clients),
+        sessions=len(scenario.sessions),
+        payment_methods=len(scenario.cards),
+    )

@@ -1,0 +1,323 @@
+"""A night's steps for one account: eligible sessions, resolved settings, bills, superbills,
+statements and their deliveries. Each function runs inside the caller's transaction and is
+idempotent: run it twice, or beside another run, and nothing is made twice (the unique keys
+refuse it and the caller retries the transaction, which then finds the work done)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from sqlalchemy import Connection
+
+from billing_pipeline.db import models as m
+from billing_pipeline.db import nightly as q
+from billing_pipeline.db.store import billed_session_ids, load_sessions
+from billing_pipeline.domain import calendar as cal
+from billing_pipeline.domain.billing import plan_bills
+from billing_pipeline.domain.delivery import plan_delivery
+from billing_pipeline.domain.documents import (
+    StatementFacts,
+    clients_needing_statements,
+    plan_superbills,
+    statement_month,
+    superbill_month,
+)
+from billing_pipeline.domain.practice import ClientView, Practice
+from billing_pipeline.domain.schedule import Step
+from billing_pipeline.domain.sessions import Session, needs_cpt_flag, why_not_eligible
+from billing_pipeline.domain.settings import (
+    AutopayDecision,
+    DocumentType,
+    autopay_decision,
+    settings_warnings,
+)
+
+IMPORTED_MISSING_CPT = "imported_session_missing_cpt"
+
+
+@dataclass
+class NightFigures:
+    """What one account's night did, for Dagster metadata (ids and numbers only)."""
+
+    account_id: str
+    night: date
+    counts: Counter[str] = field(default_factory=Counter)
+    amount_cents: int = 0
+    ids: list[str] = field(default_factory=list)
+
+    def add(self, key: str, n: int = 1) -> None:
+        self.counts[key] += n
+
+
+def _window_sessions(conn: Connection, practice: Practice, night: date) -> list[Session]:
+    tz = practice.account.timezone
+    return load_sessions(
+        conn,
+        list(practice.clients),
+        cal.start_of_day(cal.lookback_start(night), tz),
+        cal.bills_instant(night, tz),
+    )
+
+
+def eligible_for_night(
+    conn: Connection, practice: Practice, night: date
+) -> tuple[list[Session], list[Session]]:
+    """(sessions this night bills, imported sessions without CPT codes it flags)."""
+    tz = practice.account.timezone
+    sessions = _window_sessions(conn, practice, night)
+    billed = billed_session_ids(conn, [s.id for s in sessions])
+    eligible = [
+        s
+        for s in sessions
+        if why_not_eligible(
+            s, tz, night, auto_bill=practice.clients[s.client_id].auto_bill, billed=s.id in billed
+        )
+        is None
+    ]
+    flagged = [s for s in sessions if needs_cpt_flag(s, tz, night)]
+    return eligible, flagged
+
+
+def record_eligible_sessions(conn: Connection, practice: Practice, night: date) -> NightFigures:
+    """Replace the night's eligible-session rows for the account and flag imported sessions
+    without CPT codes (each flagged once, on the first night that meets it)."""
+    account = practice.account
+    figures = NightFigures(account.id, night)
+    eligible, flagged = eligible_for_night(conn, practice, night)
+    q.replace_rows(
+        conn,
+        m.EligibleSession,
+        account.id,
+        night,
+        [
+            {
+                "night": night,
+                "session_id": s.id,
+                "account_id": account.id,
+                "client_id": s.client_id,
+                "session_date": s.local_date(account.timezone),
+                "amount_cents": s.billable_amount_cents,
+            }
+            for s in eligible
+        ],
+    )
+    known = q.flagged_session_ids(conn, IMPORTED_MISSING_CPT, [s.id for s in flagged])
+    new_flags = [s for s in flagged if s.id not in known]
+    q.insert_flags(
+        conn,
+        [
+            {
+                "check": IMPORTED_MISSING_CPT,
+                "session_id": s.id,
+                "account_id": account.id,
+                "client_id": s.client_id,
+                "first_night": night,
+            }
+            for s in new_flags
+        ],
+    )
+    figures.add("eligible_sessions", len(eligible))
+    figures.add("imported_sessions_missing_cpt", len(flagged))
+    figures.add("new_flags", len(new_flags))
+    figures.amount_cents = sum(s.billable_amount_cents for s in eligible)
+    figures.ids = [s.id for s in flagged]
+    return figures
+
+
+def decide_autopay(practice: Practice, client: ClientView, night: date) -> AutopayDecision:
+    run_date = cal.local_date(
+        cal.autopay_instant(night, practice.account.timezone), practice.account.timezone
+    )
+    contact = practice.contact_of(client)
+    return autopay_decision(
+        account_autopay=practice.account.autopay_enabled,
+        client=client.party(),
+        billing_contact=contact.party() if contact else None,
+        run_date=run_date,
+    )
+
+
+def record_resolved_settings(conn: Connection, practice: Practice, night: date) -> NightFigures:
+    """Write each client's settings as this night applies them, with AutoPay's decision."""
+    account = practice.account
+    figures = NightFigures(account.id, night)
+    rows = []
+    for client in practice.clients.values():
+        decision = decide_autopay(practice, client, night)
+        rows.append(
+            {
+                "night": night,
+                "client_id": client.id,
+                "account_id": account.id,
+                "bill_creation": account.bill_creation.value,
+                "auto_bill": client.auto_bill,
+                "superbills_enabled": client.superbills_enabled,
+                "autopay_runs": decision.runs,
+                "autopay_reason": decision.reason.value,
+                "payer": decision.payer_kind,
+                "payer_payment_method_id": decision.card.payment_method_id
+                if decision.card
+                else None,
+                **client.sharing.as_dict(),
+            }
+        )
+        figures.add(f"autopay_{decision.reason.value}")
+        warnings = settings_warnings(
+            client_id=client.id,
+            bill_creation=account.bill_creation,
+            account_autopay=account.autopay_enabled,
+            client_autopay=client.autopay_enabled,
+            sharing=client.sharing,
+        )
+        figures.add("settings_warnings", len(warnings))
+        figures.ids.extend(w.client_id for w in warnings)
+    q.replace_rows(conn, m.ResolvedSettings, account.id, night, rows)
+    figures.add("clients", len(rows))
+    return figures
+
+
+def _queue_delivery(
+    conn: Connection,
+    practice: Practice,
+    client: ClientView,
+    kind: DocumentType,
+    document_id: int,
+    night: date,
+    created_at: datetime,
+) -> bool:
+    planned = plan_delivery(
+        kind,
+        created_at,
+        client.sharing,
+        has_billing_contact=client.billing_contact_id is not None,
+        autopay_at=cal.autopay_instant(night, practice.account.timezone),
+    )
+    if planned is None:
+        return False
+    q.insert_delivery(
+        conn,
+        document_type=kind.value,
+        document_id=document_id,
+        account_id=practice.account.id,
+        client_id=client.id,
+        night=night,
+        recipient=planned.recipient,
+        recipient_id=client.billing_contact_id or client.id,
+        scheduled_at=planned.scheduled_at,
+        wait_for_autopay=planned.wait_for_autopay,
+    )
+    return True
+
+
+def create_bills(
+    conn: Connection,
+    practice: Practice,
+    night: date,
+    created_at: datetime,
+    run_id: str | None = None,
+) -> NightFigures:
+    """Bill the night's eligible sessions (daily, or monthly at month end) and queue each
+    bill's delivery in the same transaction, then mark the night's bills step done."""
+    figures = NightFigures(practice.account.id, night)
+    eligible, _ = eligible_for_night(conn, practice, night)
+    for bill in plan_bills(practice.account.bill_creation, night, eligible):
+        bill_id = q.insert_bill(conn, practice.account.id, night, created_at, bill)
+        figures.add("bills")
+        figures.amount_cents += bill.amount_cents
+        figures.ids.append(str(bill_id))
+        client = practice.clients[bill.client_id]
+        if _queue_delivery(conn, practice, client, DocumentType.BILL, bill_id, night, created_at):
+            figures.add("deliveries_queued")
+    q.mark_step(conn, practice.account.id, night, Step.BILLS, created_at, run_id)
+    return figures
+
+
+def create_superbills(
+    conn: Connection, practice: Practice, night: date, created_at: datetime
+) -> NightFigures:
+    """On the superbill day, one superbill per client with superbills on, for last month."""
+    figures = NightFigures(practice.account.id, night)
+    month = superbill_month(night, practice.account.superbill_day_of_month)
+    if month is None:
+        return figures
+    tz = practice.account.timezone
+    start, end = cal.month_bounds(*month, tz)
+    enabled = [c for c in practice.clients.values() if c.superbills_enabled]
+    by_client: dict[str, list[Session]] = {}
+    for s in load_sessions(conn, [c.id for c in enabled], start, end):
+        by_client.setdefault(s.client_id, []).append(s)
+    existing = q.clients_with_document(
+        conn, m.Superbill, practice.account.id, cal.month_key(*month)
+    )
+    planned = plan_superbills(by_client, {c.id: c.superbills_enabled for c in enabled}, tz, month)
+    for sb in planned:
+        if sb.client_id in existing:
+            continue
+        sb_id = q.insert_superbill(
+            conn, practice.account.id, sb.client_id, sb.month, night, created_at, sb.session_ids
+        )
+        figures.add("superbills")
+        figures.ids.append(str(sb_id))
+        client = practice.clients[sb.client_id]
+        if _queue_delivery(
+            conn, practice, client, DocumentType.SUPERBILL, sb_id, night, created_at
+        ):
+            figures.add("deliveries_queued")
+    return figures
+
+
+def create_statements(
+    conn: Connection, practice: Practice, night: date, created_at: datetime
+) -> NightFigures:
+    """At 00:00 on the 1st: a statement for last month for each client with a bill or a
+    payment in it, or an open balance now (after this night's bills)."""
+    figures = NightFigures(practice.account.id, night)
+    month = statement_month(night)
+    client_ids = list(practice.clients)
+    if month is None or not client_ids:
+        return figures
+    start, end = cal.month_bounds(*month, practice.account.timezone)
+    bills = q.bills_made_in(conn, client_ids, start, end)
+    payments = q.payments_made_in(conn, client_ids, start, end)
+    balances = q.open_balance_at(conn, client_ids, created_at)
+    facts = [
+        StatementFacts(cid, bills.get(cid, 0), payments.get(cid, 0), balances.get(cid, 0))
+        for cid in client_ids
+    ]
+    month_text = cal.month_key(*month)
+    existing = q.clients_with_document(conn, m.Statement, practice.account.id, month_text)
+    for client_id in clients_needing_statements(facts):
+        if client_id in existing:
+            continue
+        st_id = q.insert_statement(
+            conn,
+            practice.account.id,
+            client_id,
+            month_text,
+            night,
+            created_at,
+            balances.get(client_id, 0),
+        )
+        figures.add("statements")
+        figures.ids.append(str(st_id))
+        client = practice.clients[client_id]
+        if _queue_delivery(
+            conn, practice, client, DocumentType.STATEMENT, st_id, night, created_at
+        ):
+            figures.add("deliveries_queued")
+    return figures
+
+
+def release_deliveries(conn: Connection, account_id: str, night: date) -> NightFigures:
+    """After the night's AutoPay: bills held for it may now be shared. If that AutoPay did not
+    run (it failed, or was skipped), they stay held: a bill is never shared before AutoPay."""
+    figures = NightFigures(account_id, night)
+    if not q.step_done(conn, account_id, night, Step.AUTOPAY):
+        figures.add("held_autopay_not_run", q.held_deliveries(conn, account_id, night))
+        return figures
+    figures.add("released_after_autopay", q.release_held_deliveries(conn, account_id, night))
+    for kind, n in q.deliveries_by_type(conn, account_id, night).items():
+        figures.add(f"{kind}_deliveries", n)
+    return figures
