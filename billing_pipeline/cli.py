@@ -13,15 +13,21 @@ import traceback
 import warnings
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without loading them
+    from sqlalchemy import Engine
+
+    from billing_pipeline.resources.payments import Payments
 
 
 class BadInput(click.ClickException):
     exit_code = 2
 
 
-def _engine():  # type: ignore[no-untyped-def]
+def _engine() -> Engine:
     from billing_pipeline.config import database_url
     from billing_pipeline.db.engine import get_engine, upgrade
 
@@ -30,7 +36,7 @@ def _engine():  # type: ignore[no-untyped-def]
     return engine
 
 
-def _payments():  # type: ignore[no-untyped-def]
+def _payments() -> Payments:
     from billing_pipeline.resources.payments import Payments
 
     return Payments(

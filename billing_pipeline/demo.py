@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from billing_pipeline.config import data_dir
 from billing_pipeline.domain.money import dollars
@@ -229,7 +229,7 @@ def demo_scenario(first: date, last: date) -> dict[str, Any]:
     }
 
 
-def _summary(engine) -> list[str]:  # type: ignore[no-untyped-def]
+def _summary(engine: Engine) -> list[str]:
     from billing_pipeline.db import models as m
 
     with engine.connect() as conn:

@@ -7,11 +7,13 @@ would add ~3 s per step for nothing.
 from datetime import UTC, datetime
 
 import dagster as dg
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from billing_pipeline.assets.chain import AT_AUTOPAY, AT_MIDNIGHT, NIGHT_CHAIN
 from billing_pipeline.db import models as m
 from billing_pipeline.db.deliveries import (
+    DueDelivery,
+    Reshare,
     due_deliveries,
     due_reshares,
     mark_delivered,
@@ -64,7 +66,7 @@ def share_due_documents(
     for delivery in due:
         at = delivery.scheduled_at if clock.logical else datetime.now(UTC)
 
-        def write(conn, d=delivery, t=at) -> bool:  # type: ignore[no-untyped-def]
+        def write(conn: Connection, d: DueDelivery = delivery, t: datetime = at) -> bool:
             done = mark_delivered(conn, d, t, wait)
             if done:
                 status = conn.execute(
@@ -78,7 +80,7 @@ def share_due_documents(
     for reshare in reshares:
         now = datetime.now(UTC)
 
-        def write_again(conn, r=reshare, t=now) -> bool:  # type: ignore[no-untyped-def]
+        def write_again(conn: Connection, r: Reshare = reshare, t: datetime = now) -> bool:
             done = mark_reshared(conn, r.delivery.id, t)
             if done:
                 notifier.share(conn, r.delivery, t, revision=1, bill_status=r.bill_status)

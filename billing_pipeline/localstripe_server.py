@@ -27,17 +27,18 @@ def free_port() -> int:
 
 def serve(port: int, latency_ms: int = 0) -> None:
     from aiohttp import web
+    from aiohttp.typedefs import Handler
     from localstripe import resources, server
 
     # No pickle: keep the store in memory only.
-    resources.Store.dump_to_disk = lambda self: None  # type: ignore[method-assign]
-    resources.Store.try_load_from_disk = lambda self: None  # type: ignore[method-assign]
+    resources.Store.dump_to_disk = lambda self: None
+    resources.Store.try_load_from_disk = lambda self: None
 
     app = server.app
     if latency_ms:
 
         @web.middleware
-        async def slow(request, handler):  # type: ignore[no-untyped-def]
+        async def slow(request: web.Request, handler: Handler) -> web.StreamResponse:
             await asyncio.sleep(latency_ms / 1000)
             return await handler(request)
 

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from dagster._core.storage.tags import (
@@ -62,7 +63,7 @@ def dagster_instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def logical_run_config(until: date) -> dict:  # type: ignore[type-arg]
+def logical_run_config(until: date) -> dict[str, Any]:
     return {
         **QUIET_LOGS,
         "resources": {"clock": {"config": {"mode": "logical", "until_date": until.isoformat()}}},

@@ -8,4 +8,6 @@ cd "$ROOT"
 bash scripts/setup.sh
 .venv/bin/ruff check billing_pipeline tests bench
 .venv/bin/ruff format --check billing_pipeline tests bench
+.venv/bin/mypy
+.venv/bin/lint-imports
 exec .venv/bin/pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@"

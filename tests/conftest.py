@@ -39,7 +39,7 @@ CONTRACT = _contract_dir()
 SCENARIOS = Path(__file__).with_name("scenarios")
 
 
-def _admin_engine():  # type: ignore[no-untyped-def]
+def _admin_engine():
     return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
 
 
@@ -109,7 +109,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def engine(database_url: str):  # type: ignore[no-untyped-def]
+def engine(database_url: str):
     """An engine on a migrated, empty billing database."""
     eng = get_engine(database_url)
     upgrade(eng)

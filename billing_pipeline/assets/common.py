@@ -157,7 +157,9 @@ def practice_check(asset: str, failed: dict[str, str]) -> dg.AssetCheckResult:
     )
 
 
-def summarize(figures: Sequence[NightFigures], headline: Sequence[str]) -> dict[str, object]:
+def summarize(
+    figures: Sequence[NightFigures], headline: Sequence[str]
+) -> dict[str, dg.MetadataValue]:
     """Dagster metadata for finance: totals, amounts in dollars, a row per practice and per
     night. Ids and numbers only, never a name."""
     totals: dict[str, int] = {}
@@ -176,7 +178,7 @@ def summarize(figures: Sequence[NightFigures], headline: Sequence[str]) -> dict[
         per_account[f.account_id]["amount_cents"] += f.amount_cents
         per_night.setdefault(f.night.isoformat(), {}).setdefault("amount_cents", 0)
         per_night[f.night.isoformat()]["amount_cents"] += f.amount_cents
-    metadata: dict[str, object] = {
+    metadata: dict[str, dg.MetadataValue] = {
         key: dg.MetadataValue.int(totals.get(key, 0)) for key in headline
     }
     metadata["amount_cents"] = dg.MetadataValue.int(amount)

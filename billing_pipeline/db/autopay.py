@@ -133,7 +133,7 @@ def claim_attempt(
     try:
         with conn.begin_nested():
             attempt_id = conn.execute(
-                insert(m.AutopayAttempt.__table__)
+                insert(m.AutopayAttempt)
                 .values(
                     idempotency_key=key,
                     account_id=account_id,
@@ -152,7 +152,7 @@ def claim_attempt(
                 .returning(m.AutopayAttempt.id)
             ).scalar_one()
             conn.execute(
-                insert(m.AutopayAttemptBill.__table__),
+                insert(m.AutopayAttemptBill),
                 [{"attempt_id": attempt_id, "bill_id": b.id} for b in bills],
             )
             if not _bills_still_claimable(conn, attempt_id, bills):
@@ -244,7 +244,7 @@ def record_outcome(
     if outcome == Outcome.PENDING:
         return False
     changed = conn.execute(
-        update(m.AutopayAttempt.__table__)
+        update(m.AutopayAttempt)
         .where(
             and_(
                 m.AutopayAttempt.id == attempt_id,
@@ -272,7 +272,7 @@ def record_outcome(
             select(m.AutopayAttempt.__table__).where(m.AutopayAttempt.id == attempt_id)
         ).one()
         conn.execute(
-            insert(m.Payment.__table__).values(
+            insert(m.Payment).values(
                 attempt_id=attempt_id,
                 account_id=attempt.account_id,
                 client_id=attempt.client_id,
@@ -285,14 +285,14 @@ def record_outcome(
             m.AutopayAttemptBill.attempt_id == attempt_id
         )
         conn.execute(
-            update(m.Bill.__table__)
+            update(m.Bill)
             .where(and_(m.Bill.id.in_(bill_ids), m.Bill.status == "open"))
             .values(status="paid", paid_at=at)
         )
         # A bill that went out before this outcome was known (it had waited past the limit)
         # is shared again, now paid: the client's copy is not wrong for long.
         conn.execute(
-            update(m.Delivery.__table__)
+            update(m.Delivery)
             .where(
                 and_(
                     m.Delivery.document_type == "bill",
@@ -357,7 +357,7 @@ def take_over(
     same_owner = a.owner.is_(None) if attempt.owner is None else a.owner == attempt.owner
     return bool(
         conn.execute(
-            update(a.__table__)
+            update(a)
             .where(
                 and_(
                     a.id == attempt.id,
@@ -390,7 +390,7 @@ def note_unknown(
     if payment_intent_id:
         values["stripe_payment_intent_id"] = payment_intent_id
     conn.execute(
-        update(m.AutopayAttempt.__table__)
+        update(m.AutopayAttempt)
         .where(
             and_(
                 m.AutopayAttempt.id == attempt_id,

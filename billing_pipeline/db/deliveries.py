@@ -7,7 +7,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Exists,
+    Row,
+    ScalarSelect,
+    and_,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from billing_pipeline.db import models as m
 from billing_pipeline.domain.autopay import Outcome
@@ -46,7 +57,7 @@ def _due(r: Row[Any]) -> DueDelivery:
     )
 
 
-def _pending_claim_of_bill():  # type: ignore[no-untyped-def]
+def _pending_claim_of_bill() -> ScalarSelect[datetime]:
     """When the newest attempt still in flight on the delivery's bill was claimed (NULL when
     none is): a bill is not shared before its AutoPay outcome is known."""
     return (
@@ -63,7 +74,7 @@ def _pending_claim_of_bill():  # type: ignore[no-untyped-def]
     )
 
 
-def _autopay_done():  # type: ignore[no-untyped-def]
+def _autopay_done() -> Exists:
     return (
         select(m.NightStep.night)
         .where(

@@ -24,7 +24,7 @@ from sqlalchemy import (
     false,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
 from billing_pipeline.db.types import UTCDateTime
 
@@ -315,15 +315,24 @@ class Payment(Base):
     stripe_payment_intent_id: Mapped[str] = mapped_column(String(255), unique=True)
 
 
-class Superbill(Base):
-    __tablename__ = "superbills"
+class MonthlyDocumentColumns:
+    """What a superbill and a statement share: made on a night, one per client per month."""
+
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
     client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"))
     month: Mapped[str] = mapped_column(String(7))
     night: Mapped[date] = mapped_column(Date)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    __table_args__ = (UniqueConstraint("client_id", "month"),)
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[UniqueConstraint]:
+        # Made for each table: a constraint belongs to one table.
+        return (UniqueConstraint("client_id", "month"),)
+
+
+class Superbill(MonthlyDocumentColumns, Base):
+    __tablename__ = "superbills"
 
 
 class SuperbillSession(Base):
@@ -332,16 +341,10 @@ class SuperbillSession(Base):
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
 
 
-class Statement(Base):
+class Statement(MonthlyDocumentColumns, Base):
     __tablename__ = "statements"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
-    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"))
-    month: Mapped[str] = mapped_column(String(7))
-    night: Mapped[date] = mapped_column(Date)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    open_balance_cents: Mapped[int] = mapped_column(Integer)
-    __table_args__ = (UniqueConstraint("client_id", "month"),)
+    # sort_order: after the shared columns, where the table has it (a mixin's come last).
+    open_balance_cents: Mapped[int] = mapped_column(Integer, sort_order=1)
 
 
 class Document(Base):

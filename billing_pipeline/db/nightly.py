@@ -9,6 +9,7 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy.orm import InstrumentedAttribute
 
 from billing_pipeline.db import models as m
 from billing_pipeline.domain.billing import BillStatus, PlannedBill
@@ -198,8 +199,8 @@ def open_balance_at(conn: Connection, client_ids: Sequence[str], at: datetime) -
 
 def _counts_in(
     conn: Connection,
-    at: ColumnElement[datetime],
-    client: ColumnElement[str],
+    at: InstrumentedAttribute[datetime],
+    client: InstrumentedAttribute[str],
     client_ids: Sequence[str],
     start: datetime,
     end: datetime,

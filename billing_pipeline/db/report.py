@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -17,7 +18,7 @@ from billing_pipeline.domain.settings import settings_warnings
 REPORTED_OUTCOME = {"pending": "error"}
 
 
-def _iso(value) -> str | None:  # type: ignore[no-untyped-def]
+def _iso(value: datetime | None) -> str | None:
     return to_utc_iso(value) if value is not None else None
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from typing import Any
 
-from sqlalchemy import Connection, and_, insert, select
+from sqlalchemy import Connection, Row, and_, insert, select
 
 from billing_pipeline.db import models as m
 from billing_pipeline.domain.practice import AccountView, ClientView, ContactView, Practice
@@ -26,24 +27,24 @@ from billing_pipeline.domain.settings import (
 )
 
 
-def _sharing(row: object) -> Sharing:
+def _sharing(row: Row[*tuple[Any, ...]]) -> Sharing:
     return Sharing(
-        share_bills=bool(row.share_bills),  # type: ignore[attr-defined]
-        bill_delay_minutes=int(row.bill_delay_minutes),  # type: ignore[attr-defined]
-        share_superbills=bool(row.share_superbills),  # type: ignore[attr-defined]
-        superbill_delay_minutes=int(row.superbill_delay_minutes),  # type: ignore[attr-defined]
-        share_statements=bool(row.share_statements),  # type: ignore[attr-defined]
-        statement_delay_minutes=int(row.statement_delay_minutes),  # type: ignore[attr-defined]
+        share_bills=bool(row.share_bills),
+        bill_delay_minutes=int(row.bill_delay_minutes),
+        share_superbills=bool(row.share_superbills),
+        superbill_delay_minutes=int(row.superbill_delay_minutes),
+        share_statements=bool(row.share_statements),
+        statement_delay_minutes=int(row.statement_delay_minutes),
     )
 
 
-def _account_view(row: object) -> AccountView:
+def _account_view(row: Row[*tuple[Any, ...]]) -> AccountView:
     return AccountView(
-        id=row.id,  # type: ignore[attr-defined]
-        timezone=row.timezone,  # type: ignore[attr-defined]
-        bill_creation=BillCreation(row.bill_creation),  # type: ignore[attr-defined]
-        superbill_day_of_month=row.superbill_day_of_month,  # type: ignore[attr-defined]
-        autopay_enabled=bool(row.autopay_enabled),  # type: ignore[attr-defined]
+        id=row.id,
+        timezone=row.timezone,
+        bill_creation=BillCreation(row.bill_creation),
+        superbill_day_of_month=row.superbill_day_of_month,
+        autopay_enabled=bool(row.autopay_enabled),
     )
 
 
@@ -198,7 +199,7 @@ def create_account(conn: Connection, new: NewAccount) -> list[DefaultsVersion]:
     history = defaults_history(new.defaults, new.defaults_changes)
     provider = dict(new.provider or {})
     conn.execute(
-        insert(m.Account.__table__).values(
+        insert(m.Account).values(
             id=new.id,
             name=new.name,
             timezone=new.timezone,
@@ -217,7 +218,7 @@ def create_account(conn: Connection, new: NewAccount) -> list[DefaultsVersion]:
         )
     )
     conn.execute(
-        insert(m.AccountSharingDefaults.__table__),
+        insert(m.AccountSharingDefaults),
         [
             {"account_id": new.id, "effective_at": v.effective_at, **v.sharing.as_dict()}
             for v in history
@@ -246,7 +247,7 @@ def change_account_defaults(
         + [DefaultsChange(effective_at, changes)],
     )[-1]
     conn.execute(
-        insert(m.AccountSharingDefaults.__table__).values(
+        insert(m.AccountSharingDefaults).values(
             account_id=account_id, effective_at=updated.effective_at, **updated.sharing.as_dict()
         )
     )
@@ -275,7 +276,7 @@ def create_payment_method(
     created_at: datetime,
 ) -> str:
     conn.execute(
-        insert(m.PaymentMethod.__table__).values(
+        insert(m.PaymentMethod).values(
             id=card.id,
             account_id=account_id,
             owner_type=owner_type,
@@ -303,7 +304,7 @@ def create_billing_contact(
     payment_method_id: str | None,
 ) -> None:
     conn.execute(
-        insert(m.BillingContact.__table__).values(
+        insert(m.BillingContact).values(
             id=id,
             account_id=account_id,
             name=name,
@@ -341,7 +342,7 @@ def create_client(conn: Connection, new: NewClient) -> Sharing:
     switches = {k: bool(own.pop(k, v)) for k, v in SWITCH_DEFAULTS.items()}
     sharing = sharing_for_new_client(defaults_history_of(conn, new.account_id), new.created_at, own)
     conn.execute(
-        insert(m.Client.__table__).values(
+        insert(m.Client).values(
             id=new.id,
             account_id=new.account_id,
             name=new.name,
@@ -358,7 +359,7 @@ def create_client(conn: Connection, new: NewClient) -> Sharing:
     )
     if new.diagnoses:
         conn.execute(
-            insert(m.Diagnosis.__table__),
+            insert(m.Diagnosis),
             [
                 {"client_id": new.id, "position": i, "icd10_code": code}
                 for i, code in enumerate(new.diagnoses)
@@ -369,7 +370,7 @@ def create_client(conn: Connection, new: NewClient) -> Sharing:
 
 def create_session(conn: Connection, session: Session) -> None:
     conn.execute(
-        insert(m.SessionRow.__table__).values(
+        insert(m.SessionRow).values(
             id=session.id,
             client_id=session.client_id,
             starts_at=session.starts_at,
@@ -380,7 +381,7 @@ def create_session(conn: Connection, session: Session) -> None:
     )
     if session.services:
         conn.execute(
-            insert(m.SessionService.__table__),
+            insert(m.SessionService),
             [
                 {
                     "session_id": session.id,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -38,8 +38,8 @@ class PlannedSuperbill:
 
 
 def plan_superbills(
-    sessions_by_client: dict[str, Sequence[Session]],
-    superbills_enabled: dict[str, bool],
+    sessions_by_client: Mapping[str, Sequence[Session]],
+    superbills_enabled: Mapping[str, bool],
     tz: str,
     month: tuple[int, int],
 ) -> list[PlannedSuperbill]:

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, date, datetime
 from enum import StrEnum
+from typing import Any
 
 from billing_pipeline.domain.calendar import require_aware
 
@@ -87,7 +88,10 @@ class Sharing:
         unknown = sorted(set(changes) - set(SHARING_FIELDS))
         if unknown:
             raise InvalidSetting(f"{unknown[0]}: not a sharing setting")
-        return replace(self, **dict(changes))
+        # Any: each field's kind (true/false for share_*, minutes for delays) is checked at run
+        # time by __post_init__, which raises InvalidSetting for a value of the wrong kind.
+        checked_by_post_init: dict[str, Any] = dict(changes)
+        return replace(self, **checked_by_post_init)
 
     def as_dict(self) -> dict[str, bool | int]:
         return {name: getattr(self, name) for name in SHARING_FIELDS}

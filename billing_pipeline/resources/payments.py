@@ -21,11 +21,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import dagster as dg
 import stripe
 from pydantic import Field, PrivateAttr
+from stripe.params import PaymentIntentCreateParams
 
 from billing_pipeline.domain.autopay import Outcome
 
@@ -138,7 +139,7 @@ class _RateLimiter:
             self._next = max(self._next, time.monotonic() + seconds)
 
 
-def _plain(obj: stripe.StripeObject) -> dict:  # type: ignore[type-arg]
+def _plain(obj: stripe.StripeObject) -> dict[str, Any]:
     return obj.to_dict()
 
 
@@ -176,6 +177,12 @@ def _state(pi: stripe.PaymentIntent) -> IntentState:
         customer=customer,
         metadata={str(k): str(v) for k, v in (d.get("metadata") or {}).items()},
     )
+
+
+def _error_body(err: stripe.StripeError) -> dict[str, Any]:
+    # Stripe's SDK types the answer as `object`; an error answer from Stripe (or localstripe)
+    # is a JSON object.
+    return (cast(dict[str, Any] | None, err.json_body) or {}).get("error", {}) or {}
 
 
 def _retry_after(err: stripe.StripeError) -> float | None:
@@ -289,7 +296,7 @@ class Payments(dg.ConfigurableResource):
         client = self._stripe()
         limiter = self._limiter
         assert limiter is not None
-        params = {
+        params: PaymentIntentCreateParams = {
             "amount": request.amount_cents,
             "currency": request.currency,
             "customer": request.stripe_customer_id,
@@ -323,7 +330,7 @@ class Payments(dg.ConfigurableResource):
             limiter.wait()
             try:
                 pi = client.v1.payment_intents.create(
-                    params=params,  # type: ignore[arg-type]
+                    params=params,
                     options={"idempotency_key": request.idempotency_key},
                 )
             except stripe.CardError as err:
@@ -361,7 +368,7 @@ class Payments(dg.ConfigurableResource):
         return ChargeResult(request.attempt_id, Outcome.PENDING, None, last_code)
 
     def _card_error(self, request: ChargeRequest, err: stripe.CardError) -> ChargeResult:
-        body = (err.json_body or {}).get("error", {}) or {}
+        body = _error_body(err)
         code = getattr(err, "code", None) or body.get("code")
         pi_id = self._intent_id_of_error(err)
         if code == "authentication_required":
@@ -374,7 +381,7 @@ class Payments(dg.ConfigurableResource):
 
     @staticmethod
     def _intent_id_of_error(err: stripe.StripeError) -> str | None:
-        body = (err.json_body or {}).get("error", {}) or {}
+        body = _error_body(err)
         intent = body.get("payment_intent") or {}
         return intent.get("id") if isinstance(intent, dict) else None
 

@@ -77,7 +77,9 @@ def _stripe_words(err: Exception) -> str:
     return f"Stripe could not be reached ({type(err).__name__})"
 
 
-def _delete_customers(payments: Payments, registered: Mapping[object, RegisteredCard]) -> None:
+def _delete_customers(
+    payments: Payments, registered: Mapping[tuple[str, str], RegisteredCard]
+) -> None:
     """Best effort: the scenario was not loaded, so its Stripe customers should not stay."""
     for card in registered.values():
         try:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
@@ -274,7 +274,8 @@ def _describe(err: ValidationError) -> list[Problem]:
     parts = tuple(err.absolute_path)
     value = err.instance
     shown = show(parts, value)
-    rule = err.validator_value
+    # Any, not Any | Unset: every error iter_errors yields has its rule's value set.
+    rule: Any = err.validator_value
     rank = _RANK.get(str(err.validator), 9)
     kind = err.validator
     if kind == "required" and isinstance(value, dict):
@@ -284,7 +285,8 @@ def _describe(err: ValidationError) -> list[Problem]:
             if name not in value
         ]
     if kind == "additionalProperties" and isinstance(value, dict):
-        allowed = set(err.schema.get("properties", {}))
+        # An additionalProperties error comes from an object schema, a mapping.
+        allowed = set(cast(Mapping[str, Any], err.schema).get("properties", {}))
         return [
             Problem((*parts, name), "unknown field (not in the scenario schema)", rank)
             for name in value

@@ -103,7 +103,9 @@ def _walk(doc: object, max_depth: int) -> None:
     if not isinstance(doc, dict | list):
         return
     # An iterator over each open container's children, with the container's path.
-    stack = [((), _children(doc))]
+    stack: list[tuple[tuple[PathPart, ...], Iterator[tuple[PathPart, object]]]] = [
+        ((), _children(doc))
+    ]
     while stack:
         parts, children = stack[-1]
         for key, value in children:

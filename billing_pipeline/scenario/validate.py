@@ -10,9 +10,9 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, select
+from sqlalchemy import ColumnElement, Connection, String, select
 
 from billing_pipeline.db import models as m
 from billing_pipeline.db import store
@@ -144,27 +144,35 @@ class Scenario:
     cards: tuple[CardToRegister, ...]
 
 
+def _length(column: ColumnElement[Any]) -> int:
+    # cast: SQLAlchemy types a column's type as any TypeEngine; each column below is a
+    # String(n) in db/models.py, whose n is set.
+    length = cast(String, column.type).length
+    assert length is not None, column
+    return length
+
+
 # Column lengths the schema does not state (PostgreSQL refuses longer values).
 _LENGTHS: dict[str, dict[str, int]] = {
     "accounts": {
-        "name": m.Account.__table__.c.name.type.length,
-        "tax_id": m.Account.__table__.c.tax_id.type.length,
-        "phone": m.Account.__table__.c.phone.type.length,
+        "name": _length(m.Account.__table__.c.name),
+        "tax_id": _length(m.Account.__table__.c.tax_id),
+        "phone": _length(m.Account.__table__.c.phone),
     },
     "provider": {
-        "name": m.Account.__table__.c.provider_name.type.length,
-        "credentials": m.Account.__table__.c.provider_credentials.type.length,
-        "license_number": m.Account.__table__.c.provider_license_number.type.length,
-        "taxonomy": m.Account.__table__.c.provider_taxonomy.type.length,
+        "name": _length(m.Account.__table__.c.provider_name),
+        "credentials": _length(m.Account.__table__.c.provider_credentials),
+        "license_number": _length(m.Account.__table__.c.provider_license_number),
+        "taxonomy": _length(m.Account.__table__.c.provider_taxonomy),
     },
     "billing_contacts": {
-        "name": m.BillingContact.__table__.c.name.type.length,
-        "email": m.BillingContact.__table__.c.email.type.length,
+        "name": _length(m.BillingContact.__table__.c.name),
+        "email": _length(m.BillingContact.__table__.c.email),
     },
     "clients": {
-        "name": m.Client.__table__.c.name.type.length,
-        "email": m.Client.__table__.c.email.type.length,
-        "insurance_member_id": m.Client.__table__.c.insurance_member_id.type.length,
+        "name": _length(m.Client.__table__.c.name),
+        "email": _length(m.Client.__table__.c.email),
+        "insurance_member_id": _length(m.Client.__table__.c.insurance_member_id),
     },
 }
 _KIND_WORDS = {

@@ -44,7 +44,7 @@ def _quiet_beta_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 
 
-def asset_graph():  # type: ignore[no-untyped-def]
+def asset_graph():
     return defs.resolve_asset_graph()
 
 

@@ -30,7 +30,7 @@ NIGHT = "2026-10-20"
 ZERO = timedelta(0)
 
 
-def _materialize(assets, resources, instance):  # type: ignore[no-untyped-def]
+def _materialize(assets, resources, instance):
     result = dg.materialize(assets, partition_key=NIGHT, resources=resources, instance=instance)
     assert result.success
 
@@ -182,7 +182,7 @@ def test_a_bill_held_for_autopay_is_shared_once_autopay_ran_even_if_the_queue_st
         assert "delivery_waiting_for_autopay" not in _warning_codes(conn)
 
 
-def _warning_codes(conn) -> list[str]:  # type: ignore[no-untyped-def]
+def _warning_codes(conn) -> list[str]:
     from billing_pipeline.db.report import build_report
 
     return [w["code"] for w in build_report(conn)["warnings"]]

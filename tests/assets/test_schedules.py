@@ -95,7 +95,7 @@ def evaluate(
 ) -> list[dg.RunRequest] | dg.SkipReason:
     with dg.build_schedule_context(scheduled_execution_time=tick, resources={"db": db}) as ctx:
         result = schedule(ctx)
-    return result  # type: ignore[return-value]
+    return result  # type: ignore[return-value]  # a schedule's result is typed as any of its forms; ours returns RunRequests or a SkipReason
 
 
 def requested(result: list[dg.RunRequest] | dg.SkipReason) -> dict[str, list[str]]:
@@ -107,7 +107,7 @@ def requested(result: list[dg.RunRequest] | dg.SkipReason) -> dict[str, list[str
         assert request.partition_key not in out, "two requests for the same night in one tick"
         ids = request.tags[ACCOUNTS_TAG].split(",")
         assert ids == sorted(ids), f"account tag not sorted: {ids}"
-        out[request.partition_key] = ids  # type: ignore[index]
+        out[request.partition_key] = ids  # type: ignore[index]  # partition_key is optional; each of our requests names its night
     return out
 
 
@@ -264,7 +264,7 @@ def test_run_requests_are_distinct_and_resolve_against_the_partitions(
         for request in data.run_requests:
             assert request.tags["dagster/partition"] == request.partition_key
             assert request.tags["dagster/schedule_name"] == schedule.name
-            keys.append(request.run_key)  # type: ignore[arg-type]
+            keys.append(request.run_key)  # type: ignore[arg-type]  # run_key is optional; our schedules set one on each request
         assert schedule.job_name == (
             "nightly_billing_job" if schedule is nightly_billing_schedule else "autopay_job"
         )
@@ -280,7 +280,7 @@ def test_schedule_cron_and_timezone() -> None:
         assert set(schedule.required_resource_keys) == {"db"}
 
 
-def test_a_database_without_practices_skips(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_database_without_practices_skips(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     upgrade(get_engine(url))
     try:

@@ -36,7 +36,7 @@ def _scenario_of(expected_path: Path) -> Path:
     return expected_path.with_name(expected_path.name.replace(".expected", ""))
 
 
-def _case(expected_path: Path):  # type: ignore[no-untyped-def]
+def _case(expected_path: Path):
     name = _name(expected_path)
     marks = [pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[name])] if name in KNOWN_BUGS else []
     return pytest.param(expected_path, id=name, marks=marks)

@@ -147,7 +147,7 @@ def payments_config(**overrides: Any) -> dict[str, Any]:
     return {"api_key": {"env": "STRIPE_API_KEY"}, **overrides}
 
 
-def run_config(until: date, payments: dict[str, Any] | None = None) -> dict:  # type: ignore[type-arg]
+def run_config(until: date, payments: dict[str, Any] | None = None) -> dict:
     from billing_pipeline.simulate import logical_run_config
 
     config = logical_run_config(until)

@@ -49,7 +49,7 @@ def fast_payments(url: str, **overrides: object) -> Payments:
         "max_workers": 4,
     }
     config.update(overrides)
-    return Payments(**config)  # type: ignore[arg-type]
+    return Payments(**config)  # type: ignore[arg-type]  # one dict of mixed field types; the resource validates each
 
 
 def attempts(engine: Engine) -> list[tuple[str, str, str | None, int]]:
@@ -270,7 +270,7 @@ def test_expired_and_missing_cards_are_not_charged_and_a_billing_contact_pays(
 # --- A Stripe that misbehaves ---------------------------------------------------------------------
 
 
-def only_charges(action: object, times: int | None = None):  # type: ignore[no-untyped-def]
+def only_charges(action: object, times: int | None = None):
     """A proxy rule: `action` for PaymentIntent creations (the first `times` of them, or all),
     every other request forwarded."""
 

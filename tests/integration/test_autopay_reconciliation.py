@@ -62,7 +62,7 @@ def test_compare_ledgers(
         assert getattr(got, key) == drift.get(key, ())
 
 
-def _drift(result) -> dict:  # type: ignore[no-untyped-def]
+def _drift(result) -> dict:
     evaluation = check_evaluations(result)[CHECK]
     return {"passed": evaluation.passed, **evaluation.metadata["drift"].value}
 

@@ -269,7 +269,7 @@ def wait_until(condition: Any, run: subprocess.Popen[str], timeout: float = 300)
     deadline = time.monotonic() + timeout
     while not condition():
         if run.poll() is not None:
-            raise AssertionError(f"the run ended first: {run.stderr.read()[-3000:]}")  # type: ignore[union-attr]
+            raise AssertionError(f"the run ended first: {run.stderr.read()[-3000:]}")  # type: ignore[union-attr]  # stderr is piped (start_cli)
         if time.monotonic() > deadline:
             raise TimeoutError("the run never got there")
         time.sleep(0.05)

@@ -26,8 +26,8 @@ from tests.integration.autopay_harness import (
 
 def test_the_payments_resource_takes_its_key_from_an_env_var() -> None:
     payments = defs.resources["payments"]
-    assert isinstance(payments.api_key, dg.EnvVar)  # type: ignore[attr-defined]
-    assert payments.api_key.env_var_name == "STRIPE_API_KEY"  # type: ignore[attr-defined]
+    assert isinstance(payments.api_key, dg.EnvVar)
+    assert payments.api_key.env_var_name == "STRIPE_API_KEY"
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from tests.conftest import create_pg_database, drop_pg_database
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
@@ -31,7 +31,7 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[n
     drop_pg_database(url)
 
 
-def _schema(engine) -> dict[str, set[str]]:  # type: ignore[no-untyped-def]
+def _schema(engine) -> dict[str, set[str]]:
     found = inspect(engine)
     return {
         table: {c["name"] for c in found.get_columns(table)}

@@ -236,7 +236,7 @@ def files_under(root: Path, skip: Iterable[Path] = ()) -> dict[str, str]:
 
 def _plain(value: object) -> str:
     try:
-        return dg.serialize_value(value)  # type: ignore[arg-type]
+        return dg.serialize_value(value)  # type: ignore[arg-type]  # any value is tried; a non-serdes one raises
     except Exception:  # not a serdes type: its repr keeps every field
         return repr(value)
 
@@ -441,7 +441,7 @@ def failed_checks(home: Path) -> dict[str, dict[str, str]]:
             for entry in instance.all_logs(
                 run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
             ):
-                data = entry.dagster_event.event_specific_data  # type: ignore[union-attr]
+                data = entry.dagster_event.event_specific_data  # type: ignore[union-attr]  # a check evaluation's log entry always has its event
                 if data.check_name == "every_practice_done" and not data.passed:
                     failed = data.metadata["failed_practices"].value
                     out[data.asset_key.to_user_string()] = failed

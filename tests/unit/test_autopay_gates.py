@@ -145,7 +145,7 @@ def test_gate(
     named: str,
     unnamed: str,
 ) -> None:
-    decision = decide(**kwargs)  # type: ignore[arg-type]
+    decision = decide(**kwargs)  # type: ignore[arg-type]  # parametrized keywords of mixed types
     assert decision.reason == reason
     assert decision.runs is (reason == AutopayReason.RUNS)
     assert decision.payer_kind == payer_kind
@@ -187,7 +187,7 @@ def test_reason_codes_are_stable(reason: AutopayReason, code: str) -> None:
     ],
 )
 def test_log_text_uses_ids_only(kwargs: dict[str, object], log: str) -> None:
-    decision = decide(**kwargs)  # type: ignore[arg-type]
+    decision = decide(**kwargs)  # type: ignore[arg-type]  # parametrized keywords of mixed types
     text = decision.log_text()
     assert text == log
     for word in ("Maria", "Chen", "Lily"):
@@ -296,7 +296,7 @@ def test_client_switch_is_needed_even_with_a_contact_that_has_autopay() -> None:
     ],
 )
 def test_gates_are_checked_in_order(kwargs: dict[str, object], reason: AutopayReason) -> None:
-    assert decide(**kwargs).reason == reason  # type: ignore[arg-type]
+    assert decide(**kwargs).reason == reason  # type: ignore[arg-type]  # parametrized keywords of mixed types
 
 
 # --- Card expiry: good through the last day of its month ---------------------------------------
@@ -425,7 +425,7 @@ WARNS = ["bill_delay_under_60_minutes"]
     ],
 )
 def test_sixty_minute_warning(kwargs: dict[str, object], expected: list[str]) -> None:
-    assert warnings_for(**kwargs) == expected  # type: ignore[arg-type]
+    assert warnings_for(**kwargs) == expected  # type: ignore[arg-type]  # parametrized keywords of mixed types
 
 
 def test_warning_names_the_client_and_the_delay() -> None:

@@ -216,7 +216,7 @@ def test_charge_amount_refuses_anything_but_non_negative_integer_cents(
     amounts: list[object],
 ) -> None:
     with pytest.raises(ValueError, match="non-negative integer cents"):
-        charge_amount(amounts)  # type: ignore[arg-type]
+        charge_amount(amounts)  # type: ignore[arg-type]  # wrong types on purpose: they must be refused
 
 
 @given(st.lists(st.integers(0, 10**9), max_size=20))

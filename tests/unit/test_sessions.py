@@ -146,7 +146,7 @@ def test_billable_amount_is_the_sum_over_cpt_services_only(services: list[Servic
 def test_why_not_eligible(
     kwargs: dict[str, object], auto_bill: bool, billed: bool, reason: Ineligible | None
 ) -> None:
-    got = why_not_eligible(session(**kwargs), LA, NIGHT, auto_bill=auto_bill, billed=billed)  # type: ignore[arg-type]
+    got = why_not_eligible(session(**kwargs), LA, NIGHT, auto_bill=auto_bill, billed=billed)  # type: ignore[arg-type]  # parametrized keywords of mixed types
     assert got == reason
 
 
@@ -259,7 +259,7 @@ def test_eligible_iff_every_condition_holds(
 )
 def test_needs_cpt_flag(kwargs: dict[str, object], night: date, flagged: bool) -> None:
     # The session is on 3 Nov 2026; 1 Feb 2027 is 90 days later, 2 Feb 91.
-    assert needs_cpt_flag(session(**kwargs), LA, night) is flagged  # type: ignore[arg-type]
+    assert needs_cpt_flag(session(**kwargs), LA, night) is flagged  # type: ignore[arg-type]  # parametrized keywords of mixed types
 
 
 def test_a_flagged_session_is_never_eligible() -> None:

@@ -89,7 +89,7 @@ def test_bad_delays_are_refused_naming_field_and_value(
     field: str, value: object, words: str
 ) -> None:
     with pytest.raises(InvalidSetting) as caught:
-        sharing(**{field: value})  # type: ignore[arg-type]
+        sharing(**{field: value})  # type: ignore[arg-type]  # wrong values on purpose: they must be refused
     assert str(caught.value) == f"{field}: {words}"
 
 
@@ -102,7 +102,7 @@ def test_non_bool_switches_are_refused_naming_field_and_value(
     field: str, value: object, shown: str
 ) -> None:
     with pytest.raises(InvalidSetting) as caught:
-        sharing(**{field: value})  # type: ignore[arg-type]
+        sharing(**{field: value})  # type: ignore[arg-type]  # wrong values on purpose: they must be refused
     assert str(caught.value) == f"{field}: {shown} is not true or false"
 
 
@@ -123,7 +123,7 @@ def test_unknown_field_in_a_change_is_refused(name: str) -> None:
 
 def test_sharing_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
-        INITIAL.share_bills = False  # type: ignore[misc]
+        INITIAL.share_bills = False  # type: ignore[misc]  # assigning a frozen field on purpose
 
 
 @pytest.mark.parametrize(
@@ -150,7 +150,7 @@ def test_as_dict_round_trips() -> None:
         "share_statements": False,
         "statement_delay_minutes": 30,
     }
-    assert Sharing(**s.as_dict()) == s  # type: ignore[arg-type]
+    assert Sharing(**s.as_dict()) == s  # type: ignore[arg-type]  # as_dict() values are bool | int; each field gets its own
 
 
 # --- Defaults history ----------------------------------------------------------------------------
@@ -223,7 +223,7 @@ def test_an_invalid_change_in_the_history_is_refused(
     changes: dict[str, object], message: str
 ) -> None:
     with pytest.raises(InvalidSetting, match=message):
-        defaults_history(INITIAL, [DefaultsChange(CHANGE_AT, changes)])  # type: ignore[arg-type]
+        defaults_history(INITIAL, [DefaultsChange(CHANGE_AT, changes)])  # type: ignore[arg-type]  # wrong changes on purpose: they must be refused
 
 
 @pytest.mark.parametrize(
