@@ -4,6 +4,7 @@ from setuptools import find_packages, setup
 # 0.11.x that cannot talk to dagster 1.13 (see DESIGN.md, "Library pins that matter").
 DAGSTER = "1.13.27"
 DAGSTER_LIBS = "0.29.27"
+LOCALSTRIPE = "localstripe==1.15.10"
 
 setup(
     name="billing_pipeline",
@@ -28,7 +29,6 @@ setup(
         "alembic>=1.13,<2",
         "psycopg2-binary>=2.9.9,<3",
         "stripe==16.1.0",
-        "localstripe==1.15.10",
         "jsonschema>=4.21,<5",
         "rfc3339-validator>=0.1.4",
         "click>=8.1,<9",
@@ -36,7 +36,11 @@ setup(
         "tzdata>=2024.1",
     ],
     extras_require={
+        # A local Stripe for the demo and the tests (never in production): scripts/setup.sh
+        # installs the test extra, which includes it.
+        "localstripe": [LOCALSTRIPE],
         "test": [
+            LOCALSTRIPE,
             "pytest>=8,<10",
             "pytest-xdist>=3.5,<4",
             "hypothesis>=6.100,<7",

@@ -26,9 +26,15 @@ def free_port() -> int:
 
 
 def serve(port: int, latency_ms: int = 0) -> None:
-    from aiohttp import web
-    from aiohttp.typedefs import Handler
-    from localstripe import resources, server
+    try:
+        from aiohttp import web
+        from aiohttp.typedefs import Handler
+        from localstripe import resources, server
+    except ImportError:
+        sys.exit(
+            "localstripe is not installed: it is the demo's and the tests' extra "
+            "(pip install -e '.[localstripe]', or scripts/setup.sh)"
+        )
 
     # No pickle: keep the store in memory only.
     resources.Store.dump_to_disk = lambda self: None
