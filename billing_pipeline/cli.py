@@ -146,7 +146,8 @@ def simulate_cmd(first: str, last: str) -> None:
     if d2 < d1:
         raise BadInput(f"--to {d2} is before --from {d1}")
     _engine()
-    result = simulate(d1, d2, dagster_instance())
+    with dagster_instance() as instance:
+        result = simulate(d1, d2, instance)
     click.echo(
         f"simulated {d1}..{d2}: {len(result.run_ids)} Dagster runs, "
         f"{result.delivered} documents shared"

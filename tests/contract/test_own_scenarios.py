@@ -47,7 +47,7 @@ def _case(expected_path: Path):
 def test_own_scenario_matches_expected_report(
     expected_path: Path, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    report = run_scenario(cli_env, _scenario_of(expected_path), expected_path)
+    report = run_scenario(cli_env, _scenario_of(expected_path), expected_path, in_process=True)
     schema = json.loads((CONTRACT / "report.schema.json").read_text())
     jsonschema.validate(report, schema)
     assert check(expected_path, report, tmp_path) == ""

@@ -18,12 +18,13 @@ import pytest
 from tests.contract.runner import (
     REPORT_LISTS,
     check,
-    cli,
+    cli_in_process,
     how,
     report_multisets,
     report_of,
     run_scenario,
     second_env,
+    simulate_in_process,
 )
 
 OWN_DIR = Path(__file__).resolve().parents[1] / "scenarios"
@@ -35,8 +36,7 @@ ID_KEYS = ("id", "document_id")
 
 
 def _simulate(env: dict[str, str], first: str, last: str) -> None:
-    done = cli(env, "simulate", "--from", first, "--to", last)
-    assert done.returncode == 0, done.stderr[-3000:] + done.stdout
+    assert simulate_in_process(env, first, last) == []
 
 
 def _lists(report: dict[str, Any]) -> dict[str, list[str]]:
@@ -61,20 +61,20 @@ def _payment_intents(env: dict[str, str]) -> int:
 def test_running_again_and_overlapping_ranges_change_nothing(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    single = run_scenario(cli_env, SCENARIO, EXPECTED)
+    single = run_scenario(cli_env, SCENARIO, EXPECTED, in_process=True)
     assert check(EXPECTED, single, tmp_path) == ""
     charged = _payment_intents(cli_env)
     assert charged >= len(single["autopay_attempts"]) > 0
 
     _simulate(cli_env, FIRST, LAST)  # the same range again
-    assert _lists(report_of(cli_env)) == _lists(single)
+    assert _lists(report_of(cli_env, run=cli_in_process)) == _lists(single)
 
     # Overlapping ranges: one that starts two nights earlier (nights with nothing of their own)
     # and ends inside the range, one inside it across the 1st and the superbill day.
     start = (date.fromisoformat(FIRST) - timedelta(days=2)).isoformat()
     _simulate(cli_env, start, "2026-11-30")
     _simulate(cli_env, "2026-11-30", "2026-12-02")
-    again = report_of(cli_env)
+    again = report_of(cli_env, run=cli_in_process)
     assert _lists(again) == _lists(single)
     assert check(EXPECTED, again, tmp_path) == ""
     assert _payment_intents(cli_env) == charged, "a re-run called Stripe to charge again"
@@ -84,15 +84,15 @@ def test_running_again_and_overlapping_ranges_change_nothing(
 def test_night_by_night_gives_the_same_report_as_one_range(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    loaded = cli(cli_env, "scenario", "load", str(SCENARIO))
+    loaded = cli_in_process(cli_env, "scenario", "load", str(SCENARIO))
     assert loaded.returncode == 0, loaded.stderr + loaded.stdout
     night = date.fromisoformat(FIRST)
     while night <= date.fromisoformat(LAST):
         _simulate(cli_env, night.isoformat(), night.isoformat())
         night += timedelta(days=1)
-    nightly = report_of(cli_env)
+    nightly = report_of(cli_env, run=cli_in_process)
     assert check(EXPECTED, nightly, tmp_path) == ""
 
     with second_env(cli_env, tmp_path) as other:
-        whole = run_scenario(other, SCENARIO, EXPECTED)
+        whole = run_scenario(other, SCENARIO, EXPECTED, in_process=True)
     assert report_multisets(nightly, ID_KEYS) == report_multisets(whole, ID_KEYS)
