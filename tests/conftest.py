@@ -11,12 +11,16 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from billing_pipeline.db.engine import dispose_engines, get_engine, make_engine, upgrade
 from billing_pipeline.localstripe_server import LocalStripe
+
+if TYPE_CHECKING:
+    from tests.simulated import Simulations
 
 PG_ADMIN_URL = os.environ.get(
     "BILLING_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
@@ -122,6 +126,29 @@ def localstripe() -> Iterator[LocalStripe]:
         yield server
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each billing database backend, for tests that read a shared simulation."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def simulations(
+    tmp_path_factory: pytest.TempPathFactory, localstripe: LocalStripe
+) -> Iterator[Simulations]:
+    """Scenarios simulated once per test session and backend (tests/simulated.py)."""
+    from tests.simulated import Simulations
+
+    yield Simulations(shared_simulations_folder(tmp_path_factory.getbasetemp()), localstripe.url)
+
+
+def shared_simulations_folder(basetemp: Path) -> Path:
+    """A folder all processes of the session share: the xdist workers' basetemp folders are
+    `popen-gwN` inside the session's one."""
+    root = basetemp.parent if basetemp.name.startswith("popen-gw") else basetemp
+    return root / "shared-simulations"
+
+
 @pytest.fixture
 def cli_env(database_url: str, localstripe: LocalStripe, tmp_path: Path) -> dict[str, str]:
     """Environment for running the CLI against a fresh database and instance."""
@@ -145,8 +172,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """A skipped test is a failure: nothing here may quietly not run (in CI above all). Set
-    BILLING_ALLOW_SKIPS=1 for a local run that deliberately deselects by skipping."""
+    """Drop the shared simulations' databases once (in the controlling process: the workers'
+    sessions end before it). Then: a skipped test is a failure, nothing here may quietly not
+    run (in CI above all). Set BILLING_ALLOW_SKIPS=1 for a local run that deliberately
+    deselects by skipping."""
+    if not hasattr(session.config, "workerinput"):
+        from tests.simulated import drop_shared_databases
+
+        factory = session.config._tmp_path_factory  # type: ignore[attr-defined]  # pytest's own
+        drop_shared_databases(shared_simulations_folder(factory.getbasetemp()))
     if os.environ.get("BILLING_ALLOW_SKIPS"):
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -9,7 +9,8 @@ import jsonschema
 import pytest
 
 from tests.conftest import CONTRACT
-from tests.contract.runner import check, run_scenario
+from tests.contract.runner import check
+from tests.simulated import Simulations
 
 PUBLIC = sorted((CONTRACT / "scenarios").glob("*.expected.json"))
 
@@ -17,10 +18,12 @@ PUBLIC = sorted((CONTRACT / "scenarios").glob("*.expected.json"))
 @pytest.mark.slow
 @pytest.mark.parametrize("expected_path", PUBLIC, ids=lambda p: p.name.split(".")[0])
 def test_public_scenario_matches_expected_report(
-    expected_path: Path, cli_env: dict[str, str], tmp_path: Path
+    expected_path: Path, backend: str, simulations: Simulations, tmp_path: Path
 ) -> None:
+    """`scenario load`, `simulate`, `report --json` in processes of their own, as the contract
+    runs them (the simulation is shared with the PHI scan and `explain`'s tests)."""
     scenario = expected_path.with_name(expected_path.name.replace(".expected", ""))
-    report = run_scenario(cli_env, scenario, expected_path)
+    report = simulations.get(scenario, backend).report
     schema = __import__("json").loads((CONTRACT / "report.schema.json").read_text())
     jsonschema.validate(report, schema)
     assert check(expected_path, report, tmp_path) == ""

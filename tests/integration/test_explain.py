@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from tests.conftest import CONTRACT
-from tests.contract.runner import cli
+from tests.contract.runner import cli, cli_in_process
+from tests.simulated import Simulations
 
 SCENARIOS = CONTRACT / "scenarios"
 
 
-def _load_and_simulate(env: dict[str, str], name: str, first: str, last: str) -> None:
-    loaded = cli(env, "scenario", "load", str(SCENARIOS / f"{name}.json"))
-    assert loaded.returncode == 0, loaded.stderr
-    simulated = cli(env, "simulate", "--from", first, "--to", last)
-    assert simulated.returncode == 0, simulated.stderr[-2000:]
-
-
 def _explain(env: dict[str, str], client_id: str, night: str) -> str:
-    done = cli(env, "explain", client_id, "--date", night)
+    done = cli_in_process(env, "explain", client_id, "--date", night)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 @pytest.mark.slow
-def test_explain_monthly_billing_contacts(cli_env: dict[str, str]) -> None:
-    _load_and_simulate(cli_env, "monthly_billing_contacts", "2026-10-01", "2026-11-30")
+def test_explain_monthly_billing_contacts(backend: str, simulations: Simulations) -> None:
+    cli_env = simulations.get(SCENARIOS / "monthly_billing_contacts.json", backend).env
 
     lily = _explain(cli_env, "cl-lily", "2026-10-31")
     assert "monthly: one bill per client on the last night of the month" in lily
@@ -54,8 +46,8 @@ def test_explain_monthly_billing_contacts(cli_env: dict[str, str]) -> None:
 
 
 @pytest.mark.slow
-def test_explain_daily_autopay_and_sharing_defaults(cli_env: dict[str, str]) -> None:
-    _load_and_simulate(cli_env, "daily_autopay", "2026-11-03", "2026-11-03")
+def test_explain_daily_autopay_and_sharing_defaults(backend: str, simulations: Simulations) -> None:
+    cli_env = simulations.get(SCENARIOS / "daily_autopay.json", backend).env
     ana = _explain(cli_env, "cl-ana", "2026-11-03")
     assert "daily: every night bills that day's sessions, one bill each" in ana
     assert "AutoPay will charge the client Ana T." in ana
@@ -67,8 +59,7 @@ def test_explain_daily_autopay_and_sharing_defaults(cli_env: dict[str, str]) -> 
         "flagged for staff: imported from another EHR without CPT codes"
     ) in ben
 
-    loaded = cli(cli_env, "scenario", "load", str(SCENARIOS / "sharing_defaults.json"))
-    assert loaded.returncode == 0, loaded.stderr
+    cli_env = simulations.get(SCENARIOS / "sharing_defaults.json", backend).env
     late = _explain(cli_env, "cl-late", "2026-11-20")
     assert "Bills are not shared automatically." in late
     own = _explain(cli_env, "cl-own", "2026-11-20")
@@ -86,14 +77,13 @@ def test_explain_unknown_client_is_bad_input(cli_env: dict[str, str]) -> None:
     assert "client_id: no client 'cl-nobody'" in done.stderr
 
 
-def test_every_public_client_is_explained(cli_env: dict[str, str], tmp_path: Path) -> None:
-    import json
-
+@pytest.mark.slow
+def test_every_public_client_is_explained(backend: str, simulations: Simulations) -> None:
     for scenario in sorted(SCENARIOS.glob("*.json")):
         if scenario.name.endswith(".expected.json"):
             continue
-        assert cli(cli_env, "scenario", "load", str(scenario)).returncode == 0
-        for client in json.loads(scenario.read_text())["clients"]:
-            text = _explain(cli_env, client["id"], "2026-11-01")
+        sim = simulations.get(scenario, backend)
+        for client in sim.doc["clients"]:
+            text = _explain(sim.env, client["id"], "2026-11-01")
             assert text.startswith(f"Client {client['id']} (")
             assert "AutoPay:" in text and "Bill creation:" in text

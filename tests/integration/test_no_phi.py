@@ -47,10 +47,7 @@ The practice's own name, address and provider are not client data and are not se
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -64,7 +61,8 @@ from sqlalchemy import create_engine, text
 
 from billing_pipeline.partitions import service_dates
 from tests.conftest import CONTRACT, SCENARIOS
-from tests.contract.runner import cli, how
+from tests.contract.runner import cli, cli_in_process, how
+from tests.simulated import Simulations, debug_cli, output_of
 
 PACKAGE = Path(__file__).resolve().parents[2] / "billing_pipeline"
 # Public contract scenario with billing contacts, two months (superbills, statements), and
@@ -74,15 +72,6 @@ PHI_SCENARIOS = [
     SCENARIOS / "autopay_gates.json",
 ]
 MIN_NAME_PART = 4
-
-# The `simulate` command as the CLI runs it, with Dagster's console logger at DEBUG.
-DEBUG_CLI = """
-import billing_pipeline.simulate as simulate
-simulate.QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "DEBUG"}}}}
-from billing_pipeline.cli import main
-main()
-"""
-
 
 # --- needles ---------------------------------------------------------------------------------
 
@@ -208,21 +197,6 @@ def unescape_json(content: str) -> str:
 # --- haystacks -------------------------------------------------------------------------------
 
 
-def debug_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", DEBUG_CLI, *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=300,
-    )
-
-
-def output_of(done: subprocess.CompletedProcess[str]) -> str:
-    return f"{done.stdout}\n{done.stderr}"
-
-
 def files_under(root: Path, skip: Iterable[Path] = ()) -> dict[str, str]:
     skipped = {p.resolve() for p in skip}
     out: dict[str, str] = {}
@@ -276,32 +250,6 @@ def instance_haystack(home: Path) -> dict[str, str]:
     return out
 
 
-@dataclass
-class Simulated:
-    env: dict[str, str]
-    doc: dict[str, Any]
-    first: date
-    last: date
-    cli_output: dict[str, str]
-
-
-def load_and_simulate(env: dict[str, str], scenario: Path) -> Simulated:
-    doc = json.loads(scenario.read_text())
-    first, last = how(json.loads(scenario.with_suffix(".expected.json").read_text()))
-    loaded = cli(env, "scenario", "load", str(scenario))
-    assert loaded.returncode == 0, output_of(loaded)
-    simulated = debug_cli(env, "simulate", "--from", first, "--to", last)
-    assert simulated.returncode == 0, output_of(simulated)[-3000:]
-    assert " - DEBUG - " in simulated.stderr, "the console logger did not print at DEBUG"
-    return Simulated(
-        env,
-        doc,
-        date.fromisoformat(first),
-        date.fromisoformat(last),
-        {"scenario load": output_of(loaded), "simulate (DEBUG)": output_of(simulated)},
-    )
-
-
 def dagster_and_files(env: dict[str, str]) -> dict[str, str]:
     home = Path(env["DAGSTER_HOME"])
     return {
@@ -316,8 +264,11 @@ def dagster_and_files(env: dict[str, str]) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario", PHI_SCENARIOS, ids=lambda p: p.stem)
-def test_no_phi_in_the_instance_or_the_cli_logs(cli_env: dict[str, str], scenario: Path) -> None:
-    sim = load_and_simulate(cli_env, scenario)
+def test_no_phi_in_the_instance_or_the_cli_logs(
+    scenario: Path, backend: str, simulations: Simulations
+) -> None:
+    sim = simulations.get(scenario, backend)
+    env = sim.env
     needles = phi_needles(sim.doc, sim.first, sim.last)
     kinds = {n.kind for n in needles}
     # Never vacuous: the scenario has people, and each kind of their data is searched.
@@ -326,21 +277,18 @@ def test_no_phi_in_the_instance_or_the_cli_logs(cli_env: dict[str, str], scenari
     assert all(n.pattern.search(raw) for n in needles if n.kind in {"name", "diagnosis"})
 
     haystack = dict(sim.cli_output)
-    reported = cli(cli_env, "report", "--json")
-    assert reported.returncode == 0, reported.stderr
-    assert json.loads(reported.stdout)["bills"], "the simulation made no bills"
-    haystack["report --json"] = output_of(reported)
+    assert sim.report["bills"], "the simulation made no bills"
     explained: dict[str, str] = {}
     for client in sim.doc["clients"]:
-        done = cli(cli_env, "explain", client["id"], "--date", sim.last.isoformat())
+        done = cli_in_process(env, "explain", client["id"], "--date", sim.last.isoformat())
         assert done.returncode == 0, done.stderr[-2000:]
         haystack[f"explain {client['id']} (stderr)"] = done.stderr
         explained[f"explain {client['id']} (stdout)"] = done.stdout
-    stored = dagster_and_files(cli_env)
+    stored = dagster_and_files(env)
     haystack.update(stored)
 
     # The scan reads what it should: the runs are there, with each practice's figures.
-    with dg.DagsterInstance.from_config(cli_env["DAGSTER_HOME"]) as instance:
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         jobs = {r.job_name for r in instance.get_runs()}
     assert {"nightly_chain_job", "deliver_documents_job"} <= jobs, jobs
     events = "\n".join(v for k, v in stored.items() if k.startswith("run "))
