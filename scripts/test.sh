@@ -10,4 +10,4 @@ bash scripts/setup.sh
 .venv/bin/ruff format --check billing_pipeline tests bench
 .venv/bin/mypy
 .venv/bin/lint-imports
-exec .venv/bin/pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
+exec .venv/bin/pytest -n "${TEST_WORKERS:-2}" --dist worksteal "$@"

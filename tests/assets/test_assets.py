@@ -103,6 +103,7 @@ def daily_autopay(engine: Engine, payments: Payments) -> Engine:
     return engine
 
 
+@pytest.mark.slow
 def test_one_night_writes_its_rows_and_reports_its_figures(
     daily_autopay: Engine, payments: Payments
 ) -> None:
@@ -215,6 +216,7 @@ def test_one_night_writes_its_rows_and_reports_its_figures(
         assert name not in text
 
 
+@pytest.mark.slow
 def test_rematerializing_a_night_creates_nothing_new(
     daily_autopay: Engine, payments: Payments
 ) -> None:
@@ -265,6 +267,7 @@ def accounts_with(engine: Engine, model: type[m.Base]) -> set[str]:
     return {r["account_id"] for r in rows(engine, model)}
 
 
+@pytest.mark.slow
 def test_a_run_tagged_with_practices_touches_only_those(
     three_practices: Engine, payments: Payments
 ) -> None:
@@ -364,6 +367,7 @@ def add_practice(engine: Engine, account_id: str, tz: str, session_at: datetime)
         )
 
 
+@pytest.mark.slow
 def test_the_wall_clock_leaves_a_practice_whose_night_has_not_come(
     engine: Engine, payments: Payments
 ) -> None:

@@ -6,6 +6,7 @@ import warnings
 from datetime import timedelta
 
 import dagster as dg
+import pytest
 from sqlalchemy import select, update
 
 from billing_pipeline.assets.autopay import autopay_attempts
@@ -24,6 +25,8 @@ from billing_pipeline.resources.notifier import Notifier
 from billing_pipeline.resources.payments import Payments
 from billing_pipeline.scenario.load import load_scenario
 from tests.conftest import CONTRACT
+
+pytestmark = pytest.mark.slow  # real servers and Dagster runs: not for the fast tier
 
 warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 NIGHT = "2026-10-20"

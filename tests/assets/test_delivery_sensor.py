@@ -94,6 +94,7 @@ def world(engine: Engine, localstripe: LocalStripe):
     return db, payments, instance, engine
 
 
+@pytest.mark.slow
 def test_sensor_follows_a_night_from_nothing_due_to_delivered(world) -> None:
     db, payments, instance, engine = world
 
@@ -198,6 +199,7 @@ IN_FLIGHT = {
 }
 
 
+@pytest.mark.slow
 def test_a_delivery_run_in_flight_holds_the_sensor(world) -> None:
     db, _payments, _instance, engine = world
     # A due delivery written straight into the table (the ORM's own columns).

@@ -18,6 +18,7 @@ from billing_pipeline.scenario.load import load_scenario
 from tests.conftest import CONTRACT
 
 
+@pytest.mark.slow
 def test_a_broken_practice_is_flagged_and_the_others_are_billed(
     engine, database_url: str, localstripe, tmp_path: Path
 ) -> None:

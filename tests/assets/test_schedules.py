@@ -149,6 +149,7 @@ AUTOPAY_TICKS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("tick", "expected"), BILLS_TICKS)
 def test_nightly_billing_schedule_launches_the_practices_whose_midnight_passed(
     zones_db: BillingDatabase, tick: str, expected: dict[str, list[str]]
@@ -161,6 +162,7 @@ def test_nightly_billing_schedule_launches_the_practices_whose_midnight_passed(
     assert requested(result) == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("tick", "expected"), AUTOPAY_TICKS)
 def test_autopay_schedule_launches_the_practices_whose_0030_passed(
     zones_db: BillingDatabase, tick: str, expected: dict[str, list[str]]
@@ -201,6 +203,7 @@ def test_autopay_schedule_launches_the_practices_whose_0030_passed(
         (nightly_billing_schedule, "2026-09-07T03:00:00", {"2026-09-06": ["acct-scl"]}),
     ],
 )
+@pytest.mark.slow
 def test_daylight_saving_nights(
     zones_db: BillingDatabase,
     schedule: dg.ScheduleDefinition,
@@ -214,6 +217,7 @@ def test_daylight_saving_nights(
     assert requested(result) == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", ["bills", "autopay"])
 @pytest.mark.parametrize("start", ["2026-03-18", "2026-10-18", "2026-08-28"])
 def test_every_night_is_due_exactly_once_per_practice(step: str, start: str) -> None:

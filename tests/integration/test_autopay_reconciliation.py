@@ -30,6 +30,8 @@ from tests.integration.autopay_harness import (
     run_night,
 )
 
+pytestmark = pytest.mark.slow  # real servers and Dagster runs: not for the fast tier
+
 N1, N2 = FIRST_NIGHT, FIRST_NIGHT + timedelta(days=1)
 CHECK = ("payment_reconciliations", "stripe_charges_match_payments")
 

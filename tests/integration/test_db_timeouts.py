@@ -28,7 +28,7 @@ from billing_pipeline.resources.database import BillingDatabase, DatabaseBusy
 from tests.conftest import create_pg_database, drop_pg_database
 from tests.integration.autopay_harness import FIRST_NIGHT, check_evaluations, load, many_clients
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 LOCK_SECONDS = 2
 # Far above the lock timeout, far below forever: a run still waiting then is hanging.

@@ -71,6 +71,7 @@ def test_explain_daily_autopay_and_sharing_defaults(backend: str, simulations: S
     assert "manual: staff create bills by hand; automation makes none" in manual
 
 
+@pytest.mark.slow
 def test_explain_unknown_client_is_bad_input(cli_env: dict[str, str]) -> None:
     done = cli(cli_env, "explain", "cl-nobody")
     assert done.returncode == 2

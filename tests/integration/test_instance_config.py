@@ -26,6 +26,7 @@ print(instance.run_monitoring_enabled, instance.run_monitoring_max_resume_run_at
 """
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_production_instance_yaml_runs_on_postgres(tmp_path: Path) -> None:
     url = create_pg_database()

@@ -40,6 +40,7 @@ def _schema(engine) -> dict[str, set[str]]:
     }
 
 
+@pytest.mark.slow
 def test_migrations_from_nothing_make_the_models_tables(empty_url: str) -> None:
     engine = make_engine(empty_url)
     try:

@@ -303,6 +303,7 @@ def test_no_phi_in_the_instance_or_the_cli_logs(
     assert hits(not_for_staff, explained) == []
 
 
+@pytest.mark.slow
 def test_the_scan_finds_phi_planted_in_an_instance(tmp_path: Path) -> None:
     """The scan is not blind: PHI written by a run (a log line, materialisation metadata,
     a tag, a step failure) is found in the instance and in DAGSTER_HOME's files, non-ASCII

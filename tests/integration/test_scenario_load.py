@@ -82,6 +82,7 @@ def count(engine: Engine, model: type[m.Base]) -> int:
 # --- The public scenarios ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: p.stem)
 def test_public_scenario_loads_with_cards_in_stripe_only(
     scenario: Path, engine: Engine, payments: Payments
@@ -513,6 +514,7 @@ def test_unreadable_files_are_refused(tmp_path: Path) -> None:
     assert str(refused.value) == ("not valid JSON: Expecting value at line 2, column 16")
 
 
+@pytest.mark.slow
 def test_a_refused_file_leaves_the_database_and_stripe_as_they_were(
     engine: Engine,
     payments: Payments,
@@ -748,6 +750,7 @@ def test_deep_nesting_is_refused_naming_where_it_got_too_deep(
     assert "nested" not in refused(loaded, payments, write(tmp_path, at_limit, "at_limit.json"))
 
 
+@pytest.mark.slow
 def test_integers_beyond_32_bits_are_refused_before_the_database_sees_them(
     loaded: Engine, payments: Payments, tmp_path: Path
 ) -> None:
@@ -882,6 +885,7 @@ def test_files_over_the_size_limit_are_refused_before_they_are_read(
     assert load_scenario(path, loaded, payments) == LoadSummary(2, 2, 1, 1, 1)
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_a_hostile_file_with_exit_code_2(
     loaded: Engine, cli_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a subprocess pytest run: not for the fast tier
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

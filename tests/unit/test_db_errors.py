@@ -219,6 +219,7 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_the_cli_says_which_database_does_not_answer_never_its_password(
     tmp_path: Path,
 ) -> None:
@@ -240,6 +241,7 @@ def test_the_cli_says_which_database_does_not_answer_never_its_password(
     assert "secretpw" not in done.stderr + done.stdout
 
 
+@pytest.mark.slow
 def test_the_cli_says_which_setting_is_bad(tmp_path: Path) -> None:
     done = _cli(
         {
@@ -257,6 +259,7 @@ def test_the_cli_says_which_setting_is_bad(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["a folder", "under a file"])
 def test_the_cli_says_which_sqlite_file_cannot_be_opened(tmp_path: Path, where: str) -> None:
     if where == "a folder":
