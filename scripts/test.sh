@@ -10,4 +10,9 @@ bash scripts/setup.sh
 .venv/bin/ruff format --check billing_pipeline tests bench
 .venv/bin/mypy
 .venv/bin/lint-imports
+# The tests' SQLite files and Dagster homes go to memory (tmpfs) when there is one: a SQLite
+# commit on disk waits for fsync, and a simulation makes thousands of them.
+if [ -z "${TMPDIR:-}" ] && [ -d /dev/shm ] && [ -w /dev/shm ]; then
+  export TMPDIR=/dev/shm
+fi
 exec .venv/bin/pytest -n "${TEST_WORKERS:-2}" --dist worksteal "$@"

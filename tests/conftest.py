@@ -79,6 +79,10 @@ def create_pg_database(migrated: bool = False) -> str:
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"{template}'))
+            # A test database need not survive a crash of the server (only of its clients):
+            # commits return without waiting for the disk. Visibility, locks and every other
+            # semantic are the same.
+            conn.execute(text(f'ALTER DATABASE "{name}" SET synchronous_commit = off'))
     except Exception as exc:  # a PostgreSQL test must fail, never skip
         pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is not answering: {exc}", pytrace=False)
     finally:
