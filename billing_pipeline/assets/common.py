@@ -4,6 +4,7 @@ figures it reports. Wiring only; the rules are in domain/ and the writes in db/.
 from __future__ import annotations
 
 import warnings
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 
@@ -162,28 +163,22 @@ def summarize(
 ) -> dict[str, dg.MetadataValue]:
     """Dagster metadata for finance: totals, amounts in dollars, a row per practice and per
     night. Ids and numbers only, never a name."""
-    totals: dict[str, int] = {}
+    totals: Counter[str] = Counter()
     amount = 0
-    per_account: dict[str, dict[str, int]] = {}
-    per_night: dict[str, dict[str, int]] = {}
+    per_account: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    per_night: defaultdict[str, Counter[str]] = defaultdict(Counter)
     for f in figures:
         amount += f.amount_cents
-        for key, n in f.counts.items():
-            totals[key] = totals.get(key, 0) + n
-            per_account.setdefault(f.account_id, {}).setdefault(key, 0)
-            per_account[f.account_id][key] += n
-            per_night.setdefault(f.night.isoformat(), {}).setdefault(key, 0)
-            per_night[f.night.isoformat()][key] += n
-        per_account.setdefault(f.account_id, {}).setdefault("amount_cents", 0)
-        per_account[f.account_id]["amount_cents"] += f.amount_cents
-        per_night.setdefault(f.night.isoformat(), {}).setdefault("amount_cents", 0)
-        per_night[f.night.isoformat()]["amount_cents"] += f.amount_cents
+        totals.update(f.counts)
+        for row in (per_account[f.account_id], per_night[f.night.isoformat()]):
+            row.update(f.counts)
+            row["amount_cents"] += f.amount_cents
     metadata: dict[str, dg.MetadataValue] = {
         key: dg.MetadataValue.int(totals.get(key, 0)) for key in headline
     }
     metadata["amount_cents"] = dg.MetadataValue.int(amount)
     metadata["amount"] = dg.MetadataValue.text(dollars(amount))
     metadata["practices"] = dg.MetadataValue.int(len(per_account))
-    metadata["per_practice"] = dg.MetadataValue.json(per_account)
-    metadata["per_night"] = dg.MetadataValue.json(per_night)
+    metadata["per_practice"] = dg.MetadataValue.json({k: dict(v) for k, v in per_account.items()})
+    metadata["per_night"] = dg.MetadataValue.json({k: dict(v) for k, v in per_night.items()})
     return metadata

@@ -1,5 +1,7 @@
 """payment_reconciliations: finance's nightly comparison of Stripe with our payment rows."""
 
+from collections import Counter
+
 import dagster as dg
 
 from billing_pipeline.assets.autopay import autopay_attempts, run_ended
@@ -41,13 +43,12 @@ def payment_reconciliations(
         nights,
         owner_gone_rule(OwnerProbe(db.engine), run_ended(context.instance)),
     )
-    totals: dict[str, int] = {}
+    totals: Counter[str] = Counter()
     per_night: dict[str, dict[str, int]] = {}
     details: dict[str, dict[str, list[str]]] = {}
     for night, d in drift.items():
         per_night[night.isoformat()] = d.counts()
-        for key, n in d.counts().items():
-            totals[key] = totals.get(key, 0) + n
+        totals.update(d.counts())
         if not d.clean:
             details[night.isoformat()] = {
                 "unknown_charges": list(d.unknown_charges),

@@ -4,6 +4,7 @@ attempt Stripe never saw, and how finance compares our payments with Stripe's ch
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -202,9 +203,7 @@ def compare_ledgers(
     its way to our books, and counting it would be a false alarm whenever two runs overlap."""
     by_intent = {e.payment_intent_id: e for e in stripe if e.attempt_id not in in_flight}
     ours_by_intent = {e.payment_intent_id: e for e in ours}
-    per_attempt: dict[str, int] = {}
-    for e in stripe:
-        per_attempt[e.attempt_id] = per_attempt.get(e.attempt_id, 0) + 1
+    per_attempt = Counter(e.attempt_id for e in stripe)
     return LedgerDrift(
         unknown_charges=tuple(sorted(set(by_intent) - set(ours_by_intent))),
         missing_in_stripe=tuple(sorted(set(ours_by_intent) - set(by_intent))),

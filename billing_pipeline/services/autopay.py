@@ -20,6 +20,7 @@ record in small batches.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -71,12 +72,12 @@ BILLS_NOT_MADE = "bills_not_made"
 class Reconciled:
     """What reconciliation settled, and the attempts it sends again."""
 
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
     amount_cents: int = 0
     resend: list[records.ClaimedAttempt] = field(default_factory=list)
 
     def add(self, key: str, n: int = 1) -> None:
-        self.counts[key] = self.counts.get(key, 0) + n
+        self.counts[key] += n
 
 
 def _unsent_verdict(
