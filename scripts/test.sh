@@ -15,4 +15,7 @@ bash scripts/setup.sh
 if [ -z "${TMPDIR:-}" ] && [ -d /dev/shm ] && [ -w /dev/shm ]; then
   export TMPDIR=/dev/shm
 fi
+# Cached bytecode (ignored by git): pytest rewrites every test module's asserts, and without
+# their .pyc each worker does it again on every run (~10 s of a 2-core machine).
+unset PYTHONDONTWRITEBYTECODE
 exec .venv/bin/pytest -n "${TEST_WORKERS:-2}" --dist worksteal "$@"
