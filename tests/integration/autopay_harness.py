@@ -1,7 +1,8 @@
 """What the AutoPay integration tests share: scenarios built in code, nights run through the
 real Dagster assets, a misbehaving Stripe in front of localstripe, and the ledger checks.
 
-Run as a module, it is the driver that the crash and concurrency tests start in a subprocess:
+Run as a module, it is the driver that the crash and concurrency tests start in a process of
+its own:
 
     python -m tests.integration.autopay_harness --job nightly_chain_job \
         --from 2026-11-02 --to 2026-11-02 [--barrier DIR --parties 2]
@@ -9,6 +10,11 @@ Run as a module, it is the driver that the crash and concurrency tests start in 
 with BILLING_DATABASE_URL, STRIPE_API_KEY, STRIPE_API_BASE (and BILLING_FAULT, the test-only
 crash hook of billing_pipeline/services/autopay.py) in the environment. It prints one JSON line:
 the run's success, its AutoPay figures per practice, and when the job started and ended.
+
+`run_driver` / `start_driver` run it so, forked from a server that has Dagster and the project
+imported already (tests/integration/forked.py: the same process, exit code and output, without
+seconds of imports each time); `driver_command` is the real `python -m` command line, which
+test_autopay_secrets.py still runs as a subprocess.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import argparse
 import http.client
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -34,6 +41,7 @@ from sqlalchemy import Engine, select
 from billing_pipeline.db import models as m
 from billing_pipeline.domain.autopay import Outcome
 from billing_pipeline.resources.payments import IntentState, Payments
+from tests.integration import forked
 
 API_KEY = "sk_test_autopay_tests"
 FIRST_NIGHT = date(2026, 11, 2)
@@ -415,7 +423,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def driver_env(database_url: str, stripe_url: str) -> dict[str, str]:
-    """The environment of a driver subprocess: our database and Stripe, no crash hook, an
+    """The environment of a driver process: our database and Stripe, no crash hook, an
     ephemeral Dagster instance."""
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "BILLING_FAULT")}
     env.update(
@@ -427,17 +435,29 @@ def driver_env(database_url: str, stripe_url: str) -> dict[str, str]:
     return env
 
 
+DRIVER = "tests.integration.autopay_harness"
+
+
+def driver_args(first: date, last: date, *args: str) -> list[str]:
+    return ["--from", first.isoformat(), "--to", last.isoformat(), *args]
+
+
 def driver_command(first: date, last: date, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "tests.integration.autopay_harness",
-        "--from",
-        first.isoformat(),
-        "--to",
-        last.isoformat(),
-        *args,
-    ]
+    """The driver as a command line: `python -m tests.integration.autopay_harness ...`."""
+    return [sys.executable, "-m", DRIVER, *driver_args(first, last, *args)]
+
+
+def run_driver(
+    env: dict[str, str], first: date, last: date, *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """As `subprocess.run(driver_command(...), env=env, cwd=ROOT, capture_output=True,
+    text=True, timeout=timeout)`, the process forked from the pre-imported server."""
+    return forked.run_module(DRIVER, driver_args(first, last, *args), env=env, timeout=timeout)
+
+
+def start_driver(env: dict[str, str], first: date, last: date, *args: str) -> forked.Forked:
+    """As `subprocess.Popen(driver_command(...), env=env, cwd=ROOT, ...)`, forked likewise."""
+    return forked.start_module(DRIVER, driver_args(first, last, *args), env=env)
 
 
 def _barrier(folder: Path, parties: int, timeout: float = 120) -> None:

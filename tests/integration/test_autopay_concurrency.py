@@ -2,7 +2,8 @@
 not timing.
 
 The first test runs two real processes of the production `autopay_job` at once (released by a
-barrier) against a slow localstripe, so they overlap, and checks Stripe. The others force the
+barrier; forked from a server that has Dagster imported, tests/integration/forked.py) against a
+slow localstripe, so they overlap, and checks Stripe. The others force the
 two interleavings that matter, step by step on two connections, so they do not depend on luck:
 the second insert of a key waits for the first run and stands back; and a run that read the
 bills before another run recorded their payment does not charge them again.
@@ -11,7 +12,6 @@ bills before another run recorded their payment does not charge them again.
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,18 +28,19 @@ from billing_pipeline.localstripe_server import LocalStripe
 from tests.conftest import create_pg_database, drop_pg_database
 from tests.integration.autopay_harness import (
     FIRST_NIGHT,
-    ROOT,
     assert_charged_once,
     client,
-    driver_command,
     driver_env,
     ledger,
     load,
     make_bills,
     many_clients,
+    run_driver,
     scenario,
     session,
+    start_driver,
 )
+from tests.integration.forked import ForkedLocalStripe
 
 pytestmark = pytest.mark.postgres
 
@@ -65,24 +66,18 @@ def _concurrent(
     env: dict[str, str], nights: tuple[Any, Any], barrier: Path
 ) -> list[dict[str, Any]]:
     procs = [
-        subprocess.Popen(
-            driver_command(
-                night,
-                night,
-                "--job",
-                "autopay_job",
-                "--barrier",
-                str(barrier),
-                "--parties",
-                "2",
-                "--max-workers",
-                "4",
-            ),
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        start_driver(
+            env,
+            night,
+            night,
+            "--job",
+            "autopay_job",
+            "--barrier",
+            str(barrier),
+            "--parties",
+            "2",
+            "--max-workers",
+            "4",
         )
         for night in nights
     ]
@@ -98,7 +93,7 @@ def _concurrent(
 def test_two_simultaneous_runs_charge_no_one_twice(pg_url: str, tmp_path: Path) -> None:
     engine = get_engine(pg_url)
     # Slow enough that the two runs' charges overlap for seconds.
-    with LocalStripe(latency_ms=150) as slow:
+    with ForkedLocalStripe(latency_ms=150) as slow:
         load(engine, many_clients(CLIENTS, 3), tmp_path, slow.url)
         for night in (N1, N2, N3):
             make_bills(pg_url, night)
@@ -119,15 +114,7 @@ def test_two_simultaneous_runs_charge_no_one_twice(pg_url: str, tmp_path: Path) 
         assert standing_back >= CLIENTS  # the second run of N1 found every client claimed
         # Whatever the second round left for N3 is charged by the next run, once.
         make_bills(pg_url, N3)
-        done = subprocess.run(
-            driver_command(N3, N3, "--job", "autopay_job"),
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        done = run_driver(env, N3, N3, "--job", "autopay_job")
         assert done.returncode == 0, done.stderr[-3000:]
         book = ledger(engine, slow.url)
         assert {b.status for b in book.bills} == {"paid"}

@@ -4,12 +4,14 @@ and the right bill states.
 
 The kill comes from the test-only hook in billing_pipeline/services/autopay.py
 (`BILLING_FAULT=<point>@<n>`: the n-th time the process reaches the point). The nights run
-through the production job (`nightly_chain_job`) in a subprocess, and the re-runs come at once
-with the default settings: the killed run's claim lock died with it.
+through the production job (`nightly_chain_job`) in a process of their own (the harness's
+driver, forked from a server that has Dagster imported: tests/integration/forked.py), and the
+re-runs come at once with the default settings: the killed run's claim lock died with it.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from datetime import date, timedelta
@@ -21,16 +23,16 @@ from sqlalchemy import Engine
 
 from billing_pipeline.localstripe_server import LocalStripe
 from billing_pipeline.testing import FAULT_ENV, FaultPoint
+from tests.integration import forked
 from tests.integration.autopay_harness import (
     FIRST_NIGHT,
-    ROOT,
     assert_charged_once,
-    driver_command,
     driver_env,
     iter_json_lines,
     ledger,
     load,
     many_clients,
+    run_driver,
 )
 
 CLIENTS = 4
@@ -38,15 +40,7 @@ NIGHTS = [FIRST_NIGHT + timedelta(days=i) for i in range(3)]
 
 
 def drive(env: dict[str, str], night: date) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        driver_command(night, night),
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_driver(env, night, night)
 
 
 def figures_of(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
@@ -111,3 +105,40 @@ def test_killed_at_each_point_every_rerun_charges_exactly_once(
     # Once settled, a further run of the nights does nothing at all.
     assert figures_of(drive(env, NIGHTS[-1])).get("attempts", 0) == 0
     night_bills_paid(engine, localstripe.url, NIGHTS[-1])
+
+
+def _inet_sockets(pid: int) -> set[int]:
+    """The inodes of the TCP/UDP sockets process `pid` has open."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[len("socket:[") : -1]))
+    inet = set()
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            inet.add(int(line.split()[9]))
+    return inodes & inet
+
+
+def test_drivers_fork_from_a_clean_server_and_a_kill_ends_only_the_driver() -> None:
+    """The server the drivers fork from has imported every module it should (multiprocessing
+    skips a name it cannot import, silently), runs a single thread and holds no TCP socket (no
+    engine or connection crosses a fork); a driver's SIGKILL shows as -9 and the server lives."""
+    probe = forked.start_code(
+        "import sys; print(sorted(m for m in sys.argv[1:] if m not in sys.modules))",
+        forked.PRELOAD,
+    )
+    assert probe.communicate(timeout=60) == ("[]\n", "")
+    assert probe.returncode == 0
+    server = forked.server_pid()
+    status = Path(f"/proc/{server}/status").read_text()
+    assert "\nThreads:\t1\n" in status, status
+    assert _inet_sockets(server) == set()
+    killed = forked.start_code("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    assert killed.wait(60) == -signal.SIGKILL
+    os.kill(server, 0)  # still there
+    assert forked.server_pid() == server

@@ -44,6 +44,8 @@ def test_no_key_and_no_name_in_dagster_storage_or_stripe_metadata(
         "STRIPE_API_KEY": secret,
         "DAGSTER_HOME": str(home),
     }
+    # A real `python -m` subprocess, on purpose: the one test that runs the driver as its
+    # command line, end to end (the others fork it from a pre-imported server, forked.py).
     done = subprocess.run(
         driver_command(FIRST_NIGHT, FIRST_NIGHT),
         env=env,

@@ -5,8 +5,6 @@ that the run failed ends it too."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,10 +17,10 @@ from billing_pipeline.db import models as m
 from billing_pipeline.db.owners import ClaimOwner, OwnerProbe, run_id_of
 from billing_pipeline.localstripe_server import LocalStripe
 from billing_pipeline.resources.payments import Payments
+from tests.integration import forked
 from tests.integration.autopay_harness import (
     API_KEY,
     FIRST_NIGHT,
-    ROOT,
     assert_charged_once,
     autopay_figures,
     ledger,
@@ -55,19 +53,14 @@ def test_a_live_owners_lock_is_held_and_released_when_it_finishes(engine: Engine
 
 
 def test_a_killed_owners_lock_is_released_at_once(engine: Engine, database_url: str) -> None:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, database_url],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    # `python -c HOLD url`, forked from the server that has the project imported (forked.py).
+    holder = forked.start_code(HOLD, [database_url])
     try:
-        assert holder.stdout is not None
-        token = holder.stdout.readline().strip()
+        token = _first_line(holder)
         probe = OwnerProbe(engine)
         assert probe.lock_released(token) is False
         holder.send_signal(signal.SIGKILL)
-        holder.wait(10)
+        assert holder.wait(10) == -signal.SIGKILL
         deadline = time.monotonic() + 5
         while not probe.lock_released(token):  # the server notices the closed socket
             assert time.monotonic() < deadline, "the lock outlived its process"
@@ -115,6 +108,16 @@ def test_a_run_dagster_marked_failed_no_longer_owns_its_claims(
     book = ledger(engine, localstripe.url)
     assert len(book.succeeded_intents()) == 1
     assert_charged_once(book)
+
+
+def _first_line(child: forked.Forked, timeout: float = 60) -> str:
+    """The first line the child prints (it flushes it), as soon as it is there."""
+    deadline = time.monotonic() + timeout
+    while "\n" not in (out := child.stdout_text()):
+        assert child.poll() is None, f"the holder ended: {child.stderr_text()[-3000:]}"
+        assert time.monotonic() < deadline, "the holder never printed its token"
+        time.sleep(0.01)
+    return out.split("\n", 1)[0].strip()
 
 
 def _payments(localstripe: LocalStripe) -> Payments:
