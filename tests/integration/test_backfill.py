@@ -65,15 +65,23 @@ SCENARIO = ROOT / "tests" / "scenarios" / "backfill_month.json"
 FIRST, LAST = date(2026, 10, 1), date(2026, 10, 31)
 NIGHTS = [(FIRST + timedelta(days=i)).isoformat() for i in range((LAST - FIRST).days + 1)]
 BACKFILL_TIMEOUT_SECONDS = 300
+POLL_SECONDS = 0.5
+# The backfill daemon evaluates backfills every 30 s, a constant that no setting changes
+# (dagster._daemon.controller.DEFAULT_DAEMON_INTERVAL_SECONDS, read by its loop). The test's
+# daemon runs the same `dagster-daemon run` with that interval shortened; see _daemon.
+BACKFILL_DAEMON_INTERVAL_SECONDS = 10
 
 # The test instance: storage in the home folder (Dagster's default: SQLite), the default queued
-# run coordinator and run launcher, and production's pool limit (one nightly step at a time).
+# run coordinator (dequeuing every second instead of 5 s) and run launcher, and production's
+# pool limit (one nightly step at a time).
 INSTANCE_YAML = """\
 telemetry:
   enabled: false
 concurrency:
   pools:
     default_limit: 1
+run_queue:
+  dequeue_interval_seconds: 1
 """
 
 LAUNCH_BACKFILL = """
@@ -189,13 +197,27 @@ def _pause_ticks(env: dict[str, str]) -> None:
         _dagster(env, "dagster", kind, "stop", name, "-w", "workspace.yaml")
 
 
+# `dagster-daemon run` (the console script's own two lines), with the backfill daemon's
+# interval shortened first: it is read when the daemon's backfill loop starts.
+DAEMON_MAIN = f"""\
+import sys
+import dagster._daemon.controller as controller
+from dagster._daemon.cli import main
+assert controller.DEFAULT_DAEMON_INTERVAL_SECONDS == 30, "Dagster changed: see test_backfill.py"
+controller.DEFAULT_DAEMON_INTERVAL_SECONDS = {BACKFILL_DAEMON_INTERVAL_SECONDS}
+sys.argv = ["dagster-daemon", "run", "-w", "workspace.yaml"]
+sys.exit(main())
+"""
+
+
 @contextmanager
 def _daemon(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`dagster-daemon run -w workspace.yaml` as in production, until the block ends. Its own
-    process group holds its code server and run workers, so nothing outlives the test."""
+    """`dagster-daemon run -w workspace.yaml` as in production, until the block ends (its
+    backfill loop every BACKFILL_DAEMON_INTERVAL_SECONDS instead of 30). Its own process
+    group holds its code server and run workers, so nothing outlives the test."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+            [sys.executable, "-c", DAEMON_MAIN],
             cwd=ROOT,
             env={**os.environ, **env},
             stdout=out,
@@ -296,7 +318,7 @@ def _wait_for_backfill(
                 + _diagnosis(instance, backfill_id, log),
                 pytrace=False,
             )
-        time.sleep(2)
+        time.sleep(POLL_SECONDS)
     runs = instance.get_runs(filters=dg.RunsFilter.for_backfill(backfill_id))
     if (
         backfill.status != BulkActionStatus.COMPLETED_SUCCESS
