@@ -57,6 +57,7 @@ from sqlalchemy import func, select
 
 from billing_pipeline.db import models as m
 from billing_pipeline.db.engine import get_engine
+from tests.conftest import create_pg_database, drop_pg_database
 from tests.contract.runner import REPORT_LISTS, cli, report_multisets, report_of, second_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,9 +72,9 @@ POLL_SECONDS = 0.5
 # daemon runs the same `dagster-daemon run` with that interval shortened; see _daemon.
 BACKFILL_DAEMON_INTERVAL_SECONDS = 10
 
-# The test instance: storage in the home folder (Dagster's default: SQLite), the default queued
-# run coordinator (dequeuing every second instead of 5 s) and run launcher, and production's
-# pool limit (one nightly step at a time).
+# The test instance: the default queued run coordinator (dequeuing every second instead of 5 s)
+# and run launcher, and production's pool limit (one nightly step at a time). Storage is added
+# by _dagster_home.
 INSTANCE_YAML = """\
 telemetry:
   enabled: false
@@ -82,6 +83,22 @@ concurrency:
     default_limit: 1
 run_queue:
   dequeue_interval_seconds: 1
+"""
+
+# SQLite: Dagster's storage in the home folder, with its event log in one database rather than
+# one per run plus an index (each event is one connection instead of two: most of a run's time
+# here is spent writing events). PostgreSQL: a Dagster database of its own, as in production.
+STORAGE_SQLITE = """\
+event_log_storage:
+  module: dagster.core.storage.event_log
+  class: ConsolidatedSqliteEventLogStorage
+  config:
+    base_dir: {home}/history
+"""
+STORAGE_PG = """\
+storage:
+  postgres:
+    postgres_url: {url}
 """
 
 LAUNCH_BACKFILL = """
@@ -168,6 +185,23 @@ def _scheduled_report(env: dict[str, str], tmp_path: Path) -> dict[str, Any]:
 
 
 # --- Dagster: the instance, the daemon, the backfill ----------------------------------------
+
+
+@contextmanager
+def _dagster_home(env: dict[str, str]) -> Iterator[Path]:
+    """The test's DAGSTER_HOME: INSTANCE_YAML, with the storage of its backend."""
+    home = Path(env["DAGSTER_HOME"])
+    if env["BILLING_DATABASE_URL"].startswith("sqlite"):
+        storage = STORAGE_SQLITE.format(home=home)
+        (home / "dagster.yaml").write_text(INSTANCE_YAML + storage)
+        yield home
+        return
+    url = create_pg_database()
+    try:
+        (home / "dagster.yaml").write_text(INSTANCE_YAML + STORAGE_PG.format(url=url))
+        yield home
+    finally:
+        drop_pg_database(url)
 
 
 def _dagster(env: dict[str, str], *args: str, timeout: float = 120) -> str:
@@ -358,21 +392,22 @@ def test_a_backfilled_month_bills_what_the_schedule_would_have_and_only_once(
     assert datetime.now(UTC).date() > LAST + timedelta(days=2), "the month must be in the past"
     scheduled = _scheduled_report(cli_env, tmp_path)
 
-    home = Path(cli_env["DAGSTER_HOME"])
-    (home / "dagster.yaml").write_text(INSTANCE_YAML)
     _ok(cli(cli_env, "scenario", "load", str(SCENARIO)))
-    _pause_ticks(cli_env)
     log = tmp_path / "daemon.log"
-    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
-    with instance, _daemon(cli_env, log) as daemon:
-        first_id = _launch_backfill(cli_env, tmp_path, "october-2026")
-        _wait_for_backfill(instance, first_id, daemon, log)
-        first = report_of(cli_env)
-        rows = _row_counts(cli_env["BILLING_DATABASE_URL"])
-        charged = _succeeded_intents(cli_env)
+    with (
+        _dagster_home(cli_env) as home,
+        dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance,
+    ):
+        _pause_ticks(cli_env)
+        with _daemon(cli_env, log) as daemon:
+            first_id = _launch_backfill(cli_env, tmp_path, "october-2026")
+            _wait_for_backfill(instance, first_id, daemon, log)
+            first = report_of(cli_env)
+            rows = _row_counts(cli_env["BILLING_DATABASE_URL"])
+            charged = _succeeded_intents(cli_env)
 
-        second_id = _launch_backfill(cli_env, tmp_path, "october-2026-again")
-        _wait_for_backfill(instance, second_id, daemon, log)
+            second_id = _launch_backfill(cli_env, tmp_path, "october-2026-again")
+            _wait_for_backfill(instance, second_id, daemon, log)
         _assert_in_run_history(instance, first_id)
         _assert_in_run_history(instance, second_id)
 
