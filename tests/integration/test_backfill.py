@@ -2,20 +2,25 @@
 and a second identical backfill creates nothing (README, "Done when"), on SQLite and PostgreSQL.
 
 The backfill is launched the way the UI launches one: the `launchPartitionBackfill` GraphQL
-mutation (run here by the `dagster-graphql` CLI against workspace.yaml) for the assets of
-`nightly_chain_job` and the 31 service dates Oct 1..31 2026. That stores an asset backfill in
-the instance, and the real `dagster-daemon run -w workspace.yaml` executes it: the backfill
-daemon plans runs from the assets' single-run backfill policy, the queued run coordinator
-dequeues them and the default run launcher starts them through the daemon's code server, with
-the production resources (the wall clock: every night is long past, so everything is due; what a
-step makes is stamped with its scheduled instant, as on the schedule).
+mutation (executed here by dagster-graphql on workspace.yaml as its CLI executes it, in the test
+process) for the assets of `nightly_chain_job` and the 31 service dates Oct 1..31 2026. That
+stores an asset backfill in the instance, and the real `dagster-daemon run -w workspace.yaml`
+executes it: the backfill daemon plans runs from the assets' single-run backfill policy, the
+queued run coordinator dequeues them and the default run launcher starts them through the
+daemon's code server, with the production resources (the wall clock: every night is long past,
+so everything is due; what a step makes is stamped with its scheduled instant, as on the
+schedule).
 
 Dagster plans it in ranged runs: eligible_sessions .. autopay_attempts (and the superbills and
 the reconciliation) over Oct 1..31, then statements and delivery_queue over Oct 1..Nov 1, which
 the daemon may split in more than one run as their parents' partitions and AutoPay's blocking
 check come in: statements of a night read the AutoPay of the night before (a -1 partition
 mapping), so the backfill's downstream walk adds Nov 1 for them (its statements step, on Nov 2,
-makes nothing here). The test checks that the runs between them cover every night.
+makes nothing here). That walk visits an asset once, in an order that follows set iteration in
+the launching process (so PYTHONHASHSEED): when it reaches statements from bills before
+autopay_attempts, the backfill targets Oct 1..31 for every asset and plans one run of all
+eight. Both plans must bill the same; the test checks that the runs between them cover every
+night.
 
 Why not `dagster job backfill`: that CLI launches one run per partition by itself, ignoring the
 single-run policy, and the queue starts those 31 runs up to max_concurrent_runs side by side,
@@ -24,12 +29,19 @@ whereas a backfill must walk the nights in order as the schedule did.
 "What the schedule would have billed" is `billing-pipeline simulate` of the same range on a
 second fresh database: the logical clock runs every step at its scheduled instant, night after
 night (tests/contract checks that against hand-worked expectations). The reports are compared
-on everything that does not depend on when the work ran.
+on everything that does not depend on when the work ran. It runs in the test process on an
+in-memory Dagster instance (simulate_in_process) while the daemon works on the first backfill.
+
+What keeps it quick (each measured; see the commits): the daemon's backfill loop every
+BACKFILL_DAEMON_INTERVAL_SECONDS instead of its fixed 30 s, the queue dequeued every second,
+Dagster's storage on PostgreSQL in the PostgreSQL case (as in production's dagster.yaml) and a
+consolidated SQLite event log in the SQLite case, the backfill's runs executed in process (the
+executor of the project's own jobs), and one code server in the test process for the ticks and
+the two launches instead of a CLI process each.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -53,27 +65,62 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
     BACKFILL_ID_TAG,
 )
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import WorkspaceFileTarget
+from dagster_graphql.cli import execute_query
 from sqlalchemy import func, select
 
 from billing_pipeline.db import models as m
 from billing_pipeline.db.engine import get_engine
-from tests.contract.runner import REPORT_LISTS, cli, report_multisets, report_of, second_env
+from tests.conftest import create_pg_database, drop_pg_database
+from tests.contract.runner import (
+    REPORT_LISTS,
+    cli_in_process,
+    environment,
+    report_multisets,
+    report_of,
+    second_env,
+    simulate_in_process,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 SCENARIO = ROOT / "tests" / "scenarios" / "backfill_month.json"
 FIRST, LAST = date(2026, 10, 1), date(2026, 10, 31)
 NIGHTS = [(FIRST + timedelta(days=i)).isoformat() for i in range((LAST - FIRST).days + 1)]
 BACKFILL_TIMEOUT_SECONDS = 300
+POLL_SECONDS = 0.5
+# The backfill daemon evaluates backfills every 30 s, a constant that no setting changes
+# (dagster._daemon.controller.DEFAULT_DAEMON_INTERVAL_SECONDS, read by its loop). The test's
+# daemon runs the same `dagster-daemon run` with that interval shortened; see _daemon.
+BACKFILL_DAEMON_INTERVAL_SECONDS = 10
 
-# The test instance: storage in the home folder (Dagster's default: SQLite), the default queued
-# run coordinator and run launcher, and production's pool limit (one nightly step at a time).
+# The test instance: the default queued run coordinator (dequeuing every second instead of 5 s)
+# and run launcher, and production's pool limit (one nightly step at a time). Storage is added
+# by _dagster_home.
 INSTANCE_YAML = """\
 telemetry:
   enabled: false
 concurrency:
   pools:
     default_limit: 1
+run_queue:
+  dequeue_interval_seconds: 1
+"""
+
+# SQLite: Dagster's storage in the home folder, with its event log in one database rather than
+# one per run plus an index (each event is one connection instead of two: most of a run's time
+# here is spent writing events). PostgreSQL: a Dagster database of its own, as in production.
+STORAGE_SQLITE = """\
+event_log_storage:
+  module: dagster.core.storage.event_log
+  class: ConsolidatedSqliteEventLogStorage
+  config:
+    base_dir: {home}/history
+"""
+STORAGE_PG = """\
+storage:
+  postgres:
+    postgres_url: {url}
 """
 
 LAUNCH_BACKFILL = """
@@ -152,50 +199,85 @@ def _succeeded_intents(env: dict[str, str]) -> list[str]:
 
 
 def _scheduled_report(env: dict[str, str], tmp_path: Path) -> dict[str, Any]:
-    """What the nightly schedule would have made: simulate of the range, on its own database."""
+    """What the nightly schedule would have made: simulate of the range, on its own database
+    (in this process, on an in-memory Dagster instance: see simulate_in_process)."""
     with second_env(env, tmp_path) as other:
-        _ok(cli(other, "scenario", "load", str(SCENARIO)))
-        _ok(cli(other, "simulate", "--from", FIRST.isoformat(), "--to", LAST.isoformat()))
-        return report_of(other)
+        _ok(cli_in_process(other, "scenario", "load", str(SCENARIO)))
+        assert simulate_in_process(other, FIRST.isoformat(), LAST.isoformat()) == []
+        return report_of(other, run=cli_in_process)
 
 
 # --- Dagster: the instance, the daemon, the backfill ----------------------------------------
 
 
-def _dagster(env: dict[str, str], *args: str, timeout: float = 120) -> str:
-    """A Dagster CLI command on the project's workspace.yaml, from the project root."""
-    done = subprocess.run(
-        [str(BIN / args[0]), *args[1:]],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=timeout,
-    )
-    return _ok(done)
+@contextmanager
+def _dagster_home(env: dict[str, str]) -> Iterator[Path]:
+    """The test's DAGSTER_HOME: INSTANCE_YAML, with the storage of its backend."""
+    home = Path(env["DAGSTER_HOME"])
+    if env["BILLING_DATABASE_URL"].startswith("sqlite"):
+        storage = STORAGE_SQLITE.format(home=home)
+        (home / "dagster.yaml").write_text(INSTANCE_YAML + storage)
+        yield home
+        return
+    url = create_pg_database()
+    try:
+        (home / "dagster.yaml").write_text(INSTANCE_YAML + STORAGE_PG.format(url=url))
+        yield home
+    finally:
+        drop_pg_database(url)
 
 
-def _pause_ticks(env: dict[str, str]) -> None:
-    """Stop the two 15-minute schedules and the delivery sensor (RUNNING by default) before the
-    daemon starts. The daemon would run them too: a tick falling inside the test would run
-    tonight's steps on top of the backfill, and the sensor would share documents at wall-clock
-    minutes, so the reports would depend on when the test runs. Only the backfill runs here."""
-    for kind, name in (
-        ("schedule", "nightly_billing_schedule"),
-        ("schedule", "autopay_schedule"),
-        ("sensor", "deliver_due_documents"),
+@contextmanager
+def _workspace(
+    instance: dg.DagsterInstance, env: dict[str, str]
+) -> Iterator[WorkspaceProcessContext]:
+    """The project's workspace.yaml loaded as the `dagster` and `dagster-graphql` CLIs load it
+    (a code server of its own for the location), in this process."""
+    with (
+        environment(env),
+        WorkspaceProcessContext(
+            instance, WorkspaceFileTarget(paths=[str(ROOT / "workspace.yaml")])
+        ) as context,
     ):
-        _dagster(env, "dagster", kind, "stop", name, "-w", "workspace.yaml")
+        yield context
+
+
+def _pause_ticks(instance: dg.DagsterInstance, workspace: WorkspaceProcessContext) -> None:
+    """Stop the two 15-minute schedules and the delivery sensor (RUNNING by default) before the
+    daemon starts, as `dagster schedule stop` and `dagster sensor stop` do. The daemon would run
+    them too: a tick falling inside the test would run tonight's steps on top of the backfill,
+    and the sensor would share documents at wall-clock minutes, so the reports would depend on
+    when the test runs. Only the backfill runs here."""
+    location = workspace.create_request_context().get_code_location("billing_pipeline")
+    (repo,) = location.get_repositories().values()
+    for name in ("nightly_billing_schedule", "autopay_schedule"):
+        schedule = repo.get_schedule(name)
+        instance.stop_schedule(schedule.get_remote_origin_id(), schedule.selector_id, schedule)
+    sensor = repo.get_sensor("deliver_due_documents")
+    instance.stop_sensor(sensor.get_remote_origin_id(), sensor.selector_id, sensor)
+
+
+# `dagster-daemon run` (the console script's own two lines), with the backfill daemon's
+# interval shortened first: it is read when the daemon's backfill loop starts.
+DAEMON_MAIN = f"""\
+import sys
+import dagster._daemon.controller as controller
+from dagster._daemon.cli import main
+assert controller.DEFAULT_DAEMON_INTERVAL_SECONDS == 30, "Dagster changed: see test_backfill.py"
+controller.DEFAULT_DAEMON_INTERVAL_SECONDS = {BACKFILL_DAEMON_INTERVAL_SECONDS}
+sys.argv = ["dagster-daemon", "run", "-w", "workspace.yaml"]
+sys.exit(main())
+"""
 
 
 @contextmanager
 def _daemon(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`dagster-daemon run -w workspace.yaml` as in production, until the block ends. Its own
-    process group holds its code server and run workers, so nothing outlives the test."""
+    """`dagster-daemon run -w workspace.yaml` as in production, until the block ends (its
+    backfill loop every BACKFILL_DAEMON_INTERVAL_SECONDS instead of 30). Its own process
+    group holds its code server and run workers, so nothing outlives the test."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+            [sys.executable, "-c", DAEMON_MAIN],
             cwd=ROOT,
             env={**os.environ, **env},
             stdout=out,
@@ -224,27 +306,23 @@ def _chain_asset_paths() -> list[list[str]]:
     return [key.path for key in sorted(keys, key=lambda k: k.to_user_string())]
 
 
-def _launch_backfill(env: dict[str, str], tmp_path: Path, title: str) -> str:
-    """Launch the backfill exactly as the UI does (the GraphQL mutation), return its id."""
+# The backfill's runs execute in process, as the project's own jobs do (jobs.py): the asset job
+# a backfill runs has Dagster's default executor, which starts a process per step.
+IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+
+
+def _launch_backfill(workspace: WorkspaceProcessContext, title: str) -> str:
+    """Launch the backfill exactly as the UI does (the GraphQL mutation, executed by
+    dagster-graphql on the workspace as its CLI executes it), return its id."""
     params = {
         "assetSelection": [{"path": path} for path in _chain_asset_paths()],
         "partitionNames": NIGHTS,
         "title": title,
+        "runConfigData": IN_PROCESS,
     }
-    out = tmp_path / f"{title}.json"
-    _dagster(
-        env,
-        "dagster-graphql",
-        "-w",
-        "workspace.yaml",
-        "-t",
-        LAUNCH_BACKFILL,
-        "-v",
-        json.dumps({"params": params}),
-        "-o",
-        str(out),
-    )
-    result = json.loads(out.read_text())["data"]["launchPartitionBackfill"]
+    out = execute_query(workspace, LAUNCH_BACKFILL, {"params": params})
+    assert "errors" not in out, out["errors"]
+    result = out["data"]["launchPartitionBackfill"]
     assert result["__typename"] == "LaunchBackfillSuccess", result
     return result["backfillId"]
 
@@ -296,7 +374,7 @@ def _wait_for_backfill(
                 + _diagnosis(instance, backfill_id, log),
                 pytrace=False,
             )
-        time.sleep(2)
+        time.sleep(POLL_SECONDS)
     runs = instance.get_runs(filters=dg.RunsFilter.for_backfill(backfill_id))
     if (
         backfill.status != BulkActionStatus.COMPLETED_SUCCESS
@@ -334,29 +412,31 @@ def test_a_backfilled_month_bills_what_the_schedule_would_have_and_only_once(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     assert datetime.now(UTC).date() > LAST + timedelta(days=2), "the month must be in the past"
-    scheduled = _scheduled_report(cli_env, tmp_path)
-
-    home = Path(cli_env["DAGSTER_HOME"])
-    (home / "dagster.yaml").write_text(INSTANCE_YAML)
-    _ok(cli(cli_env, "scenario", "load", str(SCENARIO)))
-    _pause_ticks(cli_env)
+    _ok(cli_in_process(cli_env, "scenario", "load", str(SCENARIO)))
     log = tmp_path / "daemon.log"
-    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
-    with instance, _daemon(cli_env, log) as daemon:
-        first_id = _launch_backfill(cli_env, tmp_path, "october-2026")
-        _wait_for_backfill(instance, first_id, daemon, log)
-        first = report_of(cli_env)
-        rows = _row_counts(cli_env["BILLING_DATABASE_URL"])
-        charged = _succeeded_intents(cli_env)
+    with (
+        _dagster_home(cli_env) as home,
+        dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance,
+        _workspace(instance, cli_env) as workspace,
+    ):
+        _pause_ticks(instance, workspace)
+        first_id = _launch_backfill(workspace, "october-2026")
+        with _daemon(cli_env, log) as daemon:
+            # The daemon works on the backfill meanwhile (mostly waiting on processes).
+            scheduled = _scheduled_report(cli_env, tmp_path)
+            _wait_for_backfill(instance, first_id, daemon, log)
+            first = report_of(cli_env, run=cli_in_process)
+            rows = _row_counts(cli_env["BILLING_DATABASE_URL"])
+            charged = _succeeded_intents(cli_env)
 
-        second_id = _launch_backfill(cli_env, tmp_path, "october-2026-again")
-        _wait_for_backfill(instance, second_id, daemon, log)
+            second_id = _launch_backfill(workspace, "october-2026-again")
+            _wait_for_backfill(instance, second_id, daemon, log)
         _assert_in_run_history(instance, first_id)
         _assert_in_run_history(instance, second_id)
 
     # The second backfill created nothing and charged no one again.
     assert first["bills"] and charged, "the first backfill made nothing to compare"
-    assert report_of(cli_env) == first
+    assert report_of(cli_env, run=cli_in_process) == first
     assert _row_counts(cli_env["BILLING_DATABASE_URL"]) == rows
     assert _succeeded_intents(cli_env) == charged
 
