@@ -36,8 +36,8 @@ What keeps it quick (each measured; see the commits): the daemon's backfill loop
 BACKFILL_DAEMON_INTERVAL_SECONDS instead of its fixed 30 s, the queue dequeued every second,
 Dagster's storage on PostgreSQL in the PostgreSQL case (as in production's dagster.yaml) and a
 consolidated SQLite event log in the SQLite case, the backfill's runs executed in process (the
-executor of the project's own jobs), and one code server in the test process for the ticks and
-the two launches instead of a CLI process each.
+code location's executor, as for a backfill launched from the UI), and one code server in the
+test process for the ticks and the two launches instead of a CLI process each.
 """
 
 from __future__ import annotations
@@ -306,11 +306,6 @@ def _chain_asset_paths() -> list[list[str]]:
     return [key.path for key in sorted(keys, key=lambda k: k.to_user_string())]
 
 
-# The backfill's runs execute in process, as the project's own jobs do (jobs.py): the asset job
-# a backfill runs has Dagster's default executor, which starts a process per step.
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
-
-
 def _launch_backfill(workspace: WorkspaceProcessContext, title: str) -> str:
     """Launch the backfill exactly as the UI does (the GraphQL mutation, executed by
     dagster-graphql on the workspace as its CLI executes it), return its id."""
@@ -318,7 +313,6 @@ def _launch_backfill(workspace: WorkspaceProcessContext, title: str) -> str:
         "assetSelection": [{"path": path} for path in _chain_asset_paths()],
         "partitionNames": NIGHTS,
         "title": title,
-        "runConfigData": IN_PROCESS,
     }
     out = execute_query(workspace, LAUNCH_BACKFILL, {"params": params})
     assert "errors" not in out, out["errors"]
