@@ -42,7 +42,7 @@ from tests.integration.autopay_harness import (
 )
 from tests.integration.forked import ForkedLocalStripe
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 N1, N2, N3 = (FIRST_NIGHT + timedelta(days=i) for i in range(3))
 CLIENTS = 8

@@ -35,6 +35,8 @@ from tests.integration.autopay_harness import (
     session,
 )
 
+pytestmark = pytest.mark.slow  # Stripe, Dagster runs and drivers: not for the fast tier
+
 N1, N2, N3, N4, N5 = (FIRST_NIGHT + timedelta(days=i) for i in range(5))
 
 

@@ -23,6 +23,8 @@ from tests.integration.autopay_harness import (
     many_clients,
 )
 
+pytestmark = pytest.mark.slow  # Stripe, Dagster runs and drivers: not for the fast tier
+
 
 def test_the_payments_resource_takes_its_key_from_an_env_var() -> None:
     payments = defs.resources["payments"]

@@ -34,6 +34,8 @@ import sys, time
 from datetime import timedelta
 from billing_pipeline.db.engine import get_engine
 from billing_pipeline.db.owners import ClaimOwner
+
+pytestmark = pytest.mark.slow  # Stripe, Dagster runs and drivers: not for the fast tier
 owner = ClaimOwner(get_engine(sys.argv[1]), "doomed-run", timedelta(seconds=60))
 owner.__enter__()
 print(owner.token, flush=True)
