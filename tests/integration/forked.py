@@ -344,24 +344,25 @@ def _exit_code(exc: SystemExit) -> int:
 
 # --- localstripe, forked, from a snapshot ------------------------------------------------------
 
+# argv: port, latency in ms, the snapshot to start from ("" for none), where to write one.
 LOCALSTRIPE = """
 import pickle, sys
+from aiohttp import web
 from localstripe import resources
+from localstripe.server import app
 from billing_pipeline.localstripe_server import serve
-port, latency_ms, snapshot = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-if snapshot:
-    with open(snapshot, "rb") as f:
+
+port, latency_ms, start_from, dump_to = int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:5]
+if start_from:
+    with open(start_from, "rb") as f:
         resources.store.update(pickle.load(f))  # dict.update: no dump to disk
-if len(sys.argv) > 4:
-    from aiohttp import web
-    from localstripe.server import app
 
-    async def dump(request):
-        with open(sys.argv[4], "wb") as f:
-            pickle.dump(dict(resources.store), f, protocol=pickle.HIGHEST_PROTOCOL)
-        return web.Response()
+async def snapshot(request):
+    with open(dump_to, "wb") as f:
+        pickle.dump(dict(resources.store), f, protocol=pickle.HIGHEST_PROTOCOL)
+    return web.Response()
 
-    app.router.add_post("/_test/snapshot", dump)
+app.router.add_post("/_test/snapshot", snapshot)
 serve(port, latency_ms)
 """
 
