@@ -140,7 +140,7 @@ class _Server:
 
         with self.lock:
             if self.context is not None:
-                forkserver._forkserver._stop()
+                forkserver._forkserver._stop()  # type: ignore[attr-defined]  # private, no stub
                 self.context = None
             if self.outputs is not None:
                 shutil.rmtree(self.outputs, ignore_errors=True)
@@ -155,8 +155,8 @@ def server_pid() -> int:
     from multiprocessing import forkserver
 
     _server.start()
-    pid = forkserver._forkserver._forkserver_pid
-    assert pid is not None
+    pid = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]  # private, no stub
+    assert isinstance(pid, int)
     return pid
 
 
