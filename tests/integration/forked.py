@@ -220,6 +220,11 @@ class Forked:
     def stderr_text(self) -> str:
         return self._stderr.read_text(errors="replace")
 
+    def discard_output(self) -> None:
+        """Remove the stdout and stderr files (once they are read, or of no more use)."""
+        self._stdout.unlink(missing_ok=True)
+        self._stderr.unlink(missing_ok=True)
+
     def completed(self) -> subprocess.CompletedProcess[str]:
         assert self.returncode is not None
         return subprocess.CompletedProcess(
@@ -282,8 +287,12 @@ def run_module(
     """As `subprocess.run([python, -m, module, *argv], env=env, capture_output=True, text=True,
     timeout=timeout)`: killed, and TimeoutExpired raised, past the timeout."""
     with start_module(module, argv, env=env, cwd=cwd) as child:
-        child.wait(timeout)
-        return child.completed()
+        try:
+            child.wait(timeout)
+            return child.completed()
+        finally:
+            if child.poll() is not None:
+                child.discard_output()
 
 
 # --- In the child -------------------------------------------------------------------------------
@@ -429,6 +438,7 @@ class ForkedLocalStripe:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+            self.process.discard_output()
             self.process = None
         shutil.rmtree(self._dump_to.parent, ignore_errors=True)
 
