@@ -140,7 +140,7 @@ class _Server:
 
         with self.lock:
             if self.context is not None:
-                forkserver._forkserver._stop()
+                forkserver._forkserver._stop()  # type: ignore[attr-defined]  # private, no stub
                 self.context = None
             if self.outputs is not None:
                 shutil.rmtree(self.outputs, ignore_errors=True)
@@ -155,8 +155,8 @@ def server_pid() -> int:
     from multiprocessing import forkserver
 
     _server.start()
-    pid = forkserver._forkserver._forkserver_pid
-    assert pid is not None
+    pid = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]  # private, no stub
+    assert isinstance(pid, int)
     return pid
 
 
@@ -220,6 +220,11 @@ class Forked:
     def stderr_text(self) -> str:
         return self._stderr.read_text(errors="replace")
 
+    def discard_output(self) -> None:
+        """Remove the stdout and stderr files (once they are read, or of no more use)."""
+        self._stdout.unlink(missing_ok=True)
+        self._stderr.unlink(missing_ok=True)
+
     def completed(self) -> subprocess.CompletedProcess[str]:
         assert self.returncode is not None
         return subprocess.CompletedProcess(
@@ -282,8 +287,12 @@ def run_module(
     """As `subprocess.run([python, -m, module, *argv], env=env, capture_output=True, text=True,
     timeout=timeout)`: killed, and TimeoutExpired raised, past the timeout."""
     with start_module(module, argv, env=env, cwd=cwd) as child:
-        child.wait(timeout)
-        return child.completed()
+        try:
+            child.wait(timeout)
+            return child.completed()
+        finally:
+            if child.poll() is not None:
+                child.discard_output()
 
 
 # --- In the child -------------------------------------------------------------------------------
@@ -344,24 +353,25 @@ def _exit_code(exc: SystemExit) -> int:
 
 # --- localstripe, forked, from a snapshot ------------------------------------------------------
 
+# argv: port, latency in ms, the snapshot to start from ("" for none), where to write one.
 LOCALSTRIPE = """
 import pickle, sys
+from aiohttp import web
 from localstripe import resources
+from localstripe.server import app
 from billing_pipeline.localstripe_server import serve
-port, latency_ms, snapshot = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-if snapshot:
-    with open(snapshot, "rb") as f:
+
+port, latency_ms, start_from, dump_to = int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:5]
+if start_from:
+    with open(start_from, "rb") as f:
         resources.store.update(pickle.load(f))  # dict.update: no dump to disk
-if len(sys.argv) > 4:
-    from aiohttp import web
-    from localstripe.server import app
 
-    async def dump(request):
-        with open(sys.argv[4], "wb") as f:
-            pickle.dump(dict(resources.store), f, protocol=pickle.HIGHEST_PROTOCOL)
-        return web.Response()
+async def snapshot(request):
+    with open(dump_to, "wb") as f:
+        pickle.dump(dict(resources.store), f, protocol=pickle.HIGHEST_PROTOCOL)
+    return web.Response()
 
-    app.router.add_post("/_test/snapshot", dump)
+app.router.add_post("/_test/snapshot", snapshot)
 serve(port, latency_ms)
 """
 
@@ -428,6 +438,7 @@ class ForkedLocalStripe:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+            self.process.discard_output()
             self.process = None
         shutil.rmtree(self._dump_to.parent, ignore_errors=True)
 

@@ -126,13 +126,16 @@ def _inet_sockets(pid: int) -> set[int]:
 
 def test_drivers_fork_from_a_clean_server_and_a_kill_ends_only_the_driver() -> None:
     """The server the drivers fork from has imported every module it should (multiprocessing
-    skips a name it cannot import, silently), runs a single thread and holds no TCP socket (no
-    engine or connection crosses a fork); a driver's SIGKILL shows as -9 and the server lives."""
+    skips a name it cannot import, silently), created no engine, runs a single thread and holds
+    no TCP socket (no engine or connection crosses a fork); a driver's SIGKILL shows as -9 and
+    the server lives on."""
     probe = forked.start_code(
-        "import sys; print(sorted(m for m in sys.argv[1:] if m not in sys.modules))",
+        "import sys\n"
+        "from billing_pipeline.db import engine\n"
+        "print(sorted(m for m in sys.argv[1:] if m not in sys.modules), len(engine._engines))",
         forked.PRELOAD,
     )
-    assert probe.communicate(timeout=60) == ("[]\n", "")
+    assert probe.communicate(timeout=60) == ("[] 0\n", "")
     assert probe.returncode == 0
     server = forked.server_pid()
     status = Path(f"/proc/{server}/status").read_text()
