@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 from sqlalchemy import Engine, select, update
 
@@ -29,13 +30,13 @@ from tests.integration.autopay_harness import (
     run_night,
 )
 
+pytestmark = pytest.mark.slow  # Dagster runs and forked holders: not for the fast tier
+
 HOLD = """
 import sys, time
 from datetime import timedelta
 from billing_pipeline.db.engine import get_engine
 from billing_pipeline.db.owners import ClaimOwner
-
-pytestmark = pytest.mark.slow  # Stripe, Dagster runs and drivers: not for the fast tier
 owner = ClaimOwner(get_engine(sys.argv[1]), "doomed-run", timedelta(seconds=60))
 owner.__enter__()
 print(owner.token, flush=True)
