@@ -120,10 +120,11 @@ def for_each_night(
     work: NightWork,
     failed: dict[str, str],
 ) -> list[NightFigures]:
-    """`for_each_practice_night` with each practice's night in one transaction."""
+    """`for_each_practice_night` with each practice's night in one transaction, the practice
+    read as it stood at the step's instant (settings are history)."""
 
     def in_transaction(account: AccountView, night: date, at: datetime) -> NightFigures:
-        return db.transact(lambda conn: work(conn, load_practice(conn, account.id), night, at))
+        return db.transact(lambda conn: work(conn, load_practice(conn, account.id, at), night, at))
 
     return for_each_practice_night(context, db, clock, step, in_transaction, failed)
 

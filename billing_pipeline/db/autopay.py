@@ -12,12 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from billing_pipeline.db import models as m
 from billing_pipeline.domain.autopay import LedgerEntry, Outcome, PastAttempt, charge_amount
+from billing_pipeline.domain.settings import card_identity
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,38 @@ def clients_with_open_bills(
     )
 
 
+CARD_COLUMNS = (
+    m.PaymentMethod.id.label("pm_id"),
+    m.PaymentMethod.owner_type,
+    m.PaymentMethod.owner_id,
+    m.PaymentMethod.fingerprint,
+    m.PaymentMethod.exp_month,
+    m.PaymentMethod.exp_year,
+)
+
+
+def card_key(row: Row[*tuple[Any, ...]]) -> str:
+    """The identity of the card of a row selected with CARD_COLUMNS."""
+    return card_identity(
+        owner_type=row.owner_type,
+        owner_id=row.owner_id,
+        fingerprint=row.fingerprint,
+        exp_month=row.exp_month,
+        exp_year=row.exp_year,
+        payment_method_id=row.pm_id,
+    )
+
+
 def attempt_history(conn: Connection, client_id: str) -> list[PastAttempt]:
+    """The client's attempts in order, each with the identity of its card (payer, number,
+    expiry), as the three-failures rule counts them."""
     rows = conn.execute(
-        select(m.AutopayAttempt.night, m.AutopayAttempt.payment_method_id, m.AutopayAttempt.status)
+        select(m.AutopayAttempt.night, m.AutopayAttempt.status, *CARD_COLUMNS)
+        .join(m.PaymentMethod, m.PaymentMethod.id == m.AutopayAttempt.payment_method_id)
         .where(m.AutopayAttempt.client_id == client_id)
         .order_by(m.AutopayAttempt.night, m.AutopayAttempt.id)
     )
-    return [PastAttempt(r.night, r.payment_method_id, Outcome(r.status)) for r in rows]
+    return [PastAttempt(r.night, card_key(r), Outcome(r.status)) for r in rows]
 
 
 def attempt_exists(conn: Connection, key: str) -> bool:
@@ -490,6 +517,7 @@ class AttemptForStaff:
     payment_method_id: str
     brand: str
     last4: str
+    card: str  # its identity (payer, number, expiry): `domain.settings.card_identity`
 
 
 def attempts_for_staff(conn: Connection, client_id: str) -> list[AttemptForStaff]:
@@ -506,9 +534,24 @@ def attempts_for_staff(conn: Connection, client_id: str) -> list[AttemptForStaff
             a.payment_method_id,
             m.PaymentMethod.brand,
             m.PaymentMethod.last4,
+            *CARD_COLUMNS,
         )
         .join(m.PaymentMethod, m.PaymentMethod.id == a.payment_method_id)
         .where(a.client_id == client_id)
         .order_by(a.attempted_at, a.id)
     )
-    return [AttemptForStaff(**r._asdict()) for r in rows]
+    return [
+        AttemptForStaff(
+            night=r.night,
+            attempted_at=r.attempted_at,
+            amount_cents=r.amount_cents,
+            payer=r.payer,
+            status=r.status,
+            failure_code=r.failure_code,
+            payment_method_id=r.payment_method_id,
+            brand=r.brand,
+            last4=r.last4,
+            card=card_key(r),
+        )
+        for r in rows
+    ]

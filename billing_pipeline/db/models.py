@@ -103,6 +103,9 @@ class PaymentMethod(Base):
     exp_month: Mapped[int] = mapped_column(Integer)
     exp_year: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Stripe's fingerprint of the card number (the same number gives the same fingerprint):
+    # with the owner and the expiry it tells a replaced card from identical details re-entered.
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
     __table_args__ = (
         CheckConstraint("owner_type IN ('client','billing_contact')", name="owner_type"),
         CheckConstraint("exp_month BETWEEN 1 AND 12", name="exp_month"),
@@ -137,6 +140,34 @@ class Client(SharingColumns, Base):
     auto_bill: Mapped[bool] = mapped_column(Boolean)
     superbills_enabled: Mapped[bool] = mapped_column(Boolean)
     autopay_enabled: Mapped[bool] = mapped_column(Boolean)
+
+
+class SettingChange(Base):
+    """History, not overwrites: a value of a record's field in force from `effective_at` on
+    (the contract's "Changes over time"). The record's own row holds the value it started
+    with; each step reads the last change at or before its own instant (domain/history.py).
+
+    `value` is JSON: a switch, a number of minutes, an id (billing contact, payment method) or
+    null, or a session's services. One change per field of a record per instant.
+    """
+
+    __tablename__ = "setting_changes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    subject: Mapped[str] = mapped_column(String(16))
+    subject_id: Mapped[str] = mapped_column(ID)
+    field: Mapped[str] = mapped_column(String(32))
+    value: Mapped[str] = mapped_column(Text)
+    effective_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # When the change was written (wall clock): history of the history, for finance.
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (
+        UniqueConstraint("subject", "subject_id", "field", "effective_at"),
+        CheckConstraint(
+            "subject IN ('account','client','billing_contact','session')", name="subject"
+        ),
+        Index("ix_setting_changes_subject", "subject", "subject_id", "effective_at"),
+    )
 
 
 class Diagnosis(Base):

@@ -98,14 +98,14 @@ def build_report(conn: Connection) -> dict[str, Any]:
 def _warnings(conn: Connection) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for account in list_accounts(conn):
-        practice = load_practice(conn, account.id)
+        practice = load_practice(conn, account.id)  # the settings with every change
         out.extend(
             {"code": w.code, "client_id": w.client_id, "message": w.message}
             for client in sorted(practice.clients.values(), key=lambda c: c.id)
             for w in settings_warnings(
                 client_id=client.id,
-                bill_creation=account.bill_creation,
-                account_autopay=account.autopay_enabled,
+                bill_creation=practice.account.bill_creation,
+                account_autopay=practice.account.autopay_enabled,
                 client_autopay=client.autopay_enabled,
                 sharing=client.sharing,
             )

@@ -6,6 +6,7 @@ commits. The scenario loader and production share these.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -14,41 +15,137 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, insert, select
 
 from billing_pipeline.db import models as m
+from billing_pipeline.domain.history import Change, overlay, values_at
 from billing_pipeline.domain.practice import AccountView, ClientView, ContactView, Practice
 from billing_pipeline.domain.sessions import Service, Session, SessionSource, SessionStatus
 from billing_pipeline.domain.settings import (
+    SHARING_FIELDS,
     BillCreation,
     Card,
     DefaultsChange,
     DefaultsVersion,
     Sharing,
+    card_identity,
     defaults_history,
     sharing_for_new_client,
 )
 
+# --- Changes over time -------------------------------------------------------------------------
+# The rows of accounts, clients, billing contacts and sessions hold the values they were created
+# with; `setting_changes` holds each later value from its instant on. The reads below take the
+# instant of the step that reads ("as of"), None for the latest values.
 
-def _sharing(row: Row[*tuple[Any, ...]]) -> Sharing:
+ACCOUNT = "account"
+CLIENT = "client"
+BILLING_CONTACT = "billing_contact"
+SESSION = "session"
+SERVICES = "services"
+
+ACCOUNT_FIELDS = ("bill_creation", "superbill_day_of_month", "autopay_enabled")
+CLIENT_SWITCHES = ("auto_bill", "superbills_enabled", "autopay_enabled")
+CLIENT_FIELDS = (*CLIENT_SWITCHES, *SHARING_FIELDS, "billing_contact_id", "payment_method_id")
+CONTACT_FIELDS = ("autopay_enabled", "payment_method_id")
+
+ChangeKey = tuple[str, str, str]  # (subject, subject_id, field)
+
+
+@dataclass(frozen=True)
+class NewChange:
+    """A value of a record's field in force from `effective_at` (JSON-able `value`)."""
+
+    account_id: str
+    subject: str
+    subject_id: str
+    field: str
+    value: Any
+    effective_at: datetime
+
+
+def record_changes(conn: Connection, changes: Sequence[NewChange], recorded_at: datetime) -> None:
+    """Write changes into the history (the unique key refuses a second change of one field
+    of one record at one instant)."""
+    if changes:
+        conn.execute(
+            insert(m.SettingChange),
+            [
+                {
+                    "account_id": c.account_id,
+                    "subject": c.subject,
+                    "subject_id": c.subject_id,
+                    "field": c.field,
+                    "value": json.dumps(c.value, sort_keys=True),
+                    "effective_at": c.effective_at,
+                    "recorded_at": recorded_at,
+                }
+                for c in changes
+            ],
+        )
+
+
+def _changes(rows: Iterable[Row[*tuple[Any, ...]]]) -> list[tuple[ChangeKey, Change[Any]]]:
+    return [
+        ((r.subject, r.subject_id, r.field), Change(r.effective_at, json.loads(r.value)))
+        for r in rows
+    ]
+
+
+def changes_in_force(
+    conn: Connection, account_id: str, at: datetime | None, subject: str | None = None
+) -> dict[ChangeKey, Change[Any]]:
+    """The account's changes in force at `at` (None: the latest), one per record's field."""
+    query = select(m.SettingChange.__table__).where(m.SettingChange.account_id == account_id)
+    if at is not None:
+        query = query.where(m.SettingChange.effective_at <= at)
+    if subject is not None:
+        query = query.where(m.SettingChange.subject == subject)
+    return values_at(_changes(conn.execute(query)), at)
+
+
+def field_history(conn: Connection, subject: str, subject_id: str) -> list[tuple[str, Change[Any]]]:
+    """Every change of one record, in instant order: (field, change)."""
+    rows = conn.execute(
+        select(m.SettingChange.__table__)
+        .where(and_(m.SettingChange.subject == subject, m.SettingChange.subject_id == subject_id))
+        .order_by(m.SettingChange.effective_at, m.SettingChange.id)
+    )
+    return [(key[2], change) for key, change in _changes(rows)]
+
+
+def _own(
+    in_force: Mapping[ChangeKey, Change[Any]], subject: str, subject_id: str
+) -> dict[str, Change[Any]]:
+    return {f: c for (s, i, f), c in in_force.items() if s == subject and i == subject_id}
+
+
+def _sharing(row: Mapping[str, Any]) -> Sharing:
     return Sharing(
-        share_bills=bool(row.share_bills),
-        bill_delay_minutes=int(row.bill_delay_minutes),
-        share_superbills=bool(row.share_superbills),
-        superbill_delay_minutes=int(row.superbill_delay_minutes),
-        share_statements=bool(row.share_statements),
-        statement_delay_minutes=int(row.statement_delay_minutes),
+        share_bills=bool(row["share_bills"]),
+        bill_delay_minutes=int(row["bill_delay_minutes"]),
+        share_superbills=bool(row["share_superbills"]),
+        superbill_delay_minutes=int(row["superbill_delay_minutes"]),
+        share_statements=bool(row["share_statements"]),
+        statement_delay_minutes=int(row["statement_delay_minutes"]),
     )
 
 
-def _account_view(row: Row[*tuple[Any, ...]]) -> AccountView:
+def _account_view(
+    row: Row[*tuple[Any, ...]], in_force: Mapping[ChangeKey, Change[Any]] | None = None
+) -> AccountView:
+    values = overlay(
+        {f: getattr(row, f) for f in ACCOUNT_FIELDS}, _own(in_force or {}, ACCOUNT, row.id)
+    )
     return AccountView(
         id=row.id,
         timezone=row.timezone,
-        bill_creation=BillCreation(row.bill_creation),
-        superbill_day_of_month=row.superbill_day_of_month,
-        autopay_enabled=bool(row.autopay_enabled),
+        bill_creation=BillCreation(values["bill_creation"]),
+        superbill_day_of_month=int(values["superbill_day_of_month"]),
+        autopay_enabled=bool(values["autopay_enabled"]),
     )
 
 
 def list_accounts(conn: Connection, account_ids: Iterable[str] | None = None) -> list[AccountView]:
+    """The accounts with their settings as they started (each night reads its own instant's
+    through `load_practice`); the id and timezone never change."""
     query = select(m.Account.__table__).order_by(m.Account.id)
     if account_ids is not None:
         query = query.where(m.Account.id.in_(list(account_ids)))
@@ -59,7 +156,24 @@ def _cards(conn: Connection, account_id: str) -> dict[str, Card]:
     rows = conn.execute(
         select(m.PaymentMethod.__table__).where(m.PaymentMethod.account_id == account_id)
     )
-    return {r.id: Card(r.id, r.brand, r.last4, r.exp_month, r.exp_year) for r in rows}
+    return {
+        r.id: Card(
+            r.id,
+            r.brand,
+            r.last4,
+            r.exp_month,
+            r.exp_year,
+            card_identity(
+                owner_type=r.owner_type,
+                owner_id=r.owner_id,
+                fingerprint=r.fingerprint,
+                exp_month=r.exp_month,
+                exp_year=r.exp_year,
+                payment_method_id=r.id,
+            ),
+        )
+        for r in rows
+    }
 
 
 # What the nightly rules read of a client: settings and ids. Never the name, email, birth date,
@@ -81,37 +195,83 @@ CLIENT_SETTINGS_COLUMNS = (
 )
 
 
-def load_practice(conn: Connection, account_id: str) -> Practice:
+def load_practice(conn: Connection, account_id: str, at: datetime | None = None) -> Practice:
+    """The practice as it stood at instant `at` (None: with every change recorded): each
+    setting, billing contact and card in force then (a change at `at` is in force)."""
+    in_force = changes_in_force(conn, account_id, at)
     account = _account_view(
-        conn.execute(select(m.Account.__table__).where(m.Account.id == account_id)).one()
+        conn.execute(select(m.Account.__table__).where(m.Account.id == account_id)).one(),
+        in_force,
     )
     cards = _cards(conn, account_id)
-    contacts = {
-        r.id: ContactView(r.id, bool(r.autopay_enabled), cards.get(r.payment_method_id))
-        for r in conn.execute(
-            select(
-                m.BillingContact.id,
-                m.BillingContact.autopay_enabled,
-                m.BillingContact.payment_method_id,
-            ).where(m.BillingContact.account_id == account_id)
+    contacts = {}
+    for r in conn.execute(
+        select(
+            m.BillingContact.id,
+            m.BillingContact.autopay_enabled,
+            m.BillingContact.payment_method_id,
+        ).where(m.BillingContact.account_id == account_id)
+    ):
+        values = overlay(
+            {f: getattr(r, f) for f in CONTACT_FIELDS}, _own(in_force, BILLING_CONTACT, r.id)
         )
-    }
-    clients = {
-        r.id: ClientView(
-            id=r.id,
-            account_id=r.account_id,
-            billing_contact_id=r.billing_contact_id,
-            auto_bill=bool(r.auto_bill),
-            superbills_enabled=bool(r.superbills_enabled),
-            autopay_enabled=bool(r.autopay_enabled),
-            sharing=_sharing(r),
-            card=cards.get(r.payment_method_id),
+        contacts[r.id] = ContactView(
+            r.id, bool(values["autopay_enabled"]), cards.get(values["payment_method_id"])
         )
-        for r in conn.execute(
-            select(*CLIENT_SETTINGS_COLUMNS).where(m.Client.account_id == account_id)
+    clients = {}
+    for c in conn.execute(
+        select(*CLIENT_SETTINGS_COLUMNS).where(m.Client.account_id == account_id)
+    ):
+        values = overlay({f: getattr(c, f) for f in CLIENT_FIELDS}, _own(in_force, CLIENT, c.id))
+        clients[c.id] = ClientView(
+            id=c.id,
+            account_id=c.account_id,
+            billing_contact_id=values["billing_contact_id"],
+            auto_bill=bool(values["auto_bill"]),
+            superbills_enabled=bool(values["superbills_enabled"]),
+            autopay_enabled=bool(values["autopay_enabled"]),
+            sharing=_sharing(values),
+            card=cards.get(values["payment_method_id"]),
         )
-    }
     return Practice(account, clients, contacts)
+
+
+def services_from_json(items: Iterable[Mapping[str, Any]]) -> tuple[Service, ...]:
+    return tuple(
+        Service(
+            item.get("cpt") or None,
+            int(item.get("units", 1)),
+            int(item["fee_cents"]),
+            tuple(item.get("modifiers") or ()),
+        )
+        for item in items
+    )
+
+
+def services_to_json(services: Iterable[Service]) -> list[dict[str, Any]]:
+    return [
+        {"cpt": s.cpt, "units": s.units, "fee_cents": s.fee_cents, "modifiers": list(s.modifiers)}
+        for s in services
+    ]
+
+
+def _services_in_force(
+    conn: Connection, session_ids: Sequence[str], at: datetime | None
+) -> dict[str, tuple[Service, ...]]:
+    """The services changes in force at `at` (None: the latest) of these sessions."""
+    found: list[tuple[ChangeKey, Change[Any]]] = []
+    for i in range(0, len(session_ids), 500):
+        query = select(m.SettingChange.__table__).where(
+            and_(
+                m.SettingChange.subject == SESSION,
+                m.SettingChange.field == SERVICES,
+                m.SettingChange.subject_id.in_(list(session_ids[i : i + 500])),
+            )
+        )
+        if at is not None:
+            query = query.where(m.SettingChange.effective_at <= at)
+        found.extend(_changes(conn.execute(query)))
+    return {key[1]: services_from_json(c.value) for key, c in values_at(found, at).items()}
 
 
 def load_sessions(
@@ -119,8 +279,10 @@ def load_sessions(
     client_ids: Sequence[str],
     starts_from: datetime,
     starts_before: datetime,
+    at: datetime | None = None,
 ) -> list[Session]:
-    """Sessions of these clients starting in [starts_from, starts_before), with services."""
+    """Sessions of these clients starting in [starts_from, starts_before), with the services
+    in force at instant `at` (None: the latest)."""
     if not client_ids:
         return []
     srows = conn.execute(
@@ -146,6 +308,7 @@ def load_sessions(
         ):
             modifiers = tuple(x for x in (s.modifiers or "").split(",") if x)
             services[s.session_id].append(Service(s.cpt, s.units, s.fee_cents, modifiers))
+    changed = _services_in_force(conn, [r.id for r in srows], at)
     return [
         Session(
             id=r.id,
@@ -154,7 +317,7 @@ def load_sessions(
             status=SessionStatus(r.status),
             source=SessionSource(r.source),
             place_of_service=r.place_of_service,
-            services=tuple(services[r.id]),
+            services=changed.get(r.id, tuple(services[r.id])),
         )
         for r in srows
     ]
@@ -233,7 +396,10 @@ def defaults_history_of(conn: Connection, account_id: str) -> list[DefaultsVersi
         .where(m.AccountSharingDefaults.account_id == account_id)
         .order_by(m.AccountSharingDefaults.effective_at)
     )
-    return [DefaultsVersion(r.effective_at, _sharing(r)) for r in rows]
+    return [
+        DefaultsVersion(r.effective_at, _sharing({f: getattr(r, f) for f in SHARING_FIELDS}))
+        for r in rows
+    ]
 
 
 def change_account_defaults(
@@ -265,6 +431,7 @@ class NewCard:
     last4: str
     exp_month: int
     exp_year: int
+    fingerprint: str | None = None
 
 
 def create_payment_method(
@@ -287,6 +454,7 @@ def create_payment_method(
             last4=card.last4,
             exp_month=card.exp_month,
             exp_year=card.exp_year,
+            fingerprint=card.fingerprint,
             created_at=created_at,
         )
     )

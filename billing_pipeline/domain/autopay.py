@@ -33,7 +33,7 @@ def idempotency_key(client_id: str, payment_method_id: str, night: date) -> str:
 @dataclass(frozen=True)
 class PastAttempt:
     night: date
-    payment_method_id: str
+    card: str  # the card's identity (`domain.settings.card_identity`, `Card.key`)
     outcome: Outcome
 
 
@@ -57,21 +57,24 @@ RETRY_WORDS = {
 }
 
 
-def retry_block(history: Sequence[PastAttempt], payment_method_id: str) -> RetryBlock:
-    """Whether the policy still allows a new attempt on this card.
+def retry_block(history: Sequence[PastAttempt], card: str) -> RetryBlock:
+    """Whether the policy still allows a new attempt on this card (its identity: payer,
+    number, expiry; `Card.key`).
 
     Nightly retries continue while a balance remains, except: an attempt that needs
-    authentication is never retried on the same card, and three declines in a row on the same
-    card stop AutoPay for it. Errors (network, 5xx) are not declines and do not count.
+    authentication is not retried on the same card, and three declines in a row on the same
+    card stop AutoPay. The count is of the client's attempts in a row with one card: an
+    attempt with another card than the one before it starts a new count and lifts a stop (a
+    replaced card is tried again). Errors (network, 5xx) are not declines and do not count.
+    An attempt with no known outcome yet blocks any new one for the client.
     """
-    same_card = sorted(
-        (a for a in history if a.payment_method_id == payment_method_id),
-        key=lambda a: a.night,
-    )
-    if any(a.outcome == Outcome.PENDING for a in same_card):
+    ordered = sorted(history, key=lambda a: a.night)
+    if any(a.outcome == Outcome.PENDING for a in ordered):
         return RetryBlock.PENDING
     streak = 0
-    for attempt in reversed(same_card):
+    for attempt in reversed(ordered):
+        if attempt.card != card:
+            break  # another card before: a new count starts with this one
         if attempt.outcome == Outcome.ERROR:
             continue
         if attempt.outcome == Outcome.REQUIRES_ACTION:
@@ -231,16 +234,21 @@ def listed_or_known_before(
 
 def declines_in_a_row(history: Sequence[PastAttempt]) -> list[int]:
     """For each attempt in the order given, the declines in a row on its card up to and
-    including it (0 when it was not a decline), counted as `retry_block` counts them: errors
-    and pending attempts neither count nor break the run."""
-    streak: dict[str, int] = {}
+    including it (0 when it was not a decline), counted as `retry_block` counts them: an
+    attempt with another card than the one before starts a new count; errors and pending
+    attempts neither count nor break the run."""
+    streak = 0
+    previous: str | None = None
     out = []
     for a in history:
+        if a.card != previous:
+            streak = 0
+        previous = a.card
         if a.outcome == Outcome.DECLINED:
-            streak[a.payment_method_id] = streak.get(a.payment_method_id, 0) + 1
-            out.append(streak[a.payment_method_id])
+            streak += 1
+            out.append(streak)
             continue
         if a.outcome in (Outcome.SUCCEEDED, Outcome.REQUIRES_ACTION):
-            streak[a.payment_method_id] = 0
+            streak = 0
         out.append(0)
     return out

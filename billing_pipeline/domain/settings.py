@@ -159,10 +159,33 @@ class Card:
     last4: str
     exp_month: int
     exp_year: int
+    # Which card this is for AutoPay's count of failures: payer, number (Stripe's
+    # fingerprint) and expiry (`card_identity`); the same details re-entered are the same card.
+    identity: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.identity or f"pm:{self.payment_method_id}"
 
     def expired_on(self, day: date) -> bool:
         """A card is good through the last day of its expiry month."""
         return (self.exp_year, self.exp_month) < (day.year, day.month)
+
+
+def card_identity(
+    *,
+    owner_type: str,
+    owner_id: str,
+    fingerprint: str | None,
+    exp_month: int,
+    exp_year: int,
+    payment_method_id: str,
+) -> str:
+    """A card as the contract counts failures: another payer, number or expiry is another
+    card; re-entering identical details is the same card. Without Stripe's fingerprint the
+    number cannot be compared, and each payment method is a card of its own."""
+    number = f"fp:{fingerprint}" if fingerprint else f"pm:{payment_method_id}"
+    return f"{owner_type}:{owner_id}|{number}|{exp_month:02d}/{exp_year}"
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,9 @@ class RegisteredCard:
     last4: str
     exp_month: int
     exp_year: int
+    # Stripe's fingerprint of the number: the same number gives the same one (the contract
+    # counts failed attempts per card; re-entering identical details is the same card).
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,7 @@ class Payments(dg.ConfigurableResource):
             last4=str(card.get("last4") or number[-4:]),
             exp_month=exp_month,
             exp_year=exp_year,
+            fingerprint=str(card["fingerprint"])[:64] if card.get("fingerprint") else None,
         )
 
     def delete_customer(self, stripe_customer_id: str) -> None:

@@ -8,9 +8,9 @@ write fails, the transaction rolls back and the Stripe customers made for it are
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from hashlib import sha256
+from datetime import datetime
 from pathlib import Path
 
 import stripe
@@ -57,14 +57,6 @@ class LoadSummary:
         return ", ".join(f"{n} {word}{'' if n == 1 else 's'}" for n, word in counts)
 
 
-def payment_method_id(owner_type: str, owner_id: str) -> str:
-    """Our own id for the card on file of a client or billing contact (at most 64 chars)."""
-    plain = f"pm-{owner_type}-{owner_id}"
-    if len(plain) <= 64:
-        return plain
-    return "pm-" + sha256(f"{owner_type}:{owner_id}".encode()).hexdigest()[:48]
-
-
 def _stripe_words(err: Exception) -> str:
     if isinstance(err, stripe.StripeError):
         code = getattr(err, "code", None)
@@ -77,30 +69,29 @@ def _stripe_words(err: Exception) -> str:
     return f"Stripe could not be reached ({type(err).__name__})"
 
 
-def _delete_customers(
-    payments: Payments, registered: Mapping[tuple[str, str], RegisteredCard]
-) -> None:
+def _delete_customers(payments: Payments, registered: Sequence[RegisteredCard]) -> None:
     """Best effort: the scenario was not loaded, so its Stripe customers should not stay."""
-    for card in registered.values():
+    for card in registered:
         try:
             payments.delete_customer(card.stripe_customer_id)
         except Exception:  # best effort: the original failure is what matters
             continue
 
 
-def register_cards(
-    payments: Payments, cards: Sequence[CardToRegister]
-) -> dict[tuple[str, str], RegisteredCard]:
-    """Register each card in Stripe. When one fails, the customers already made are deleted
-    and CardRegistrationError names the payment method (never the number)."""
-    registered: dict[tuple[str, str], RegisteredCard] = {}
+def register_cards(payments: Payments, cards: Sequence[CardToRegister]) -> list[RegisteredCard]:
+    """Register each card in Stripe (in the order given: an owner may have several over
+    time). When one fails, the customers already made are deleted and CardRegistrationError
+    names the payment method (never the number)."""
+    registered: list[RegisteredCard] = []
     for card in cards:
         try:
-            registered[card.owner] = payments.register_card(
-                owner_ref=card.owner_id,
-                number=card.number,
-                exp_month=card.exp_month,
-                exp_year=card.exp_year,
+            registered.append(
+                payments.register_card(
+                    owner_ref=card.owner_id,
+                    number=card.number,
+                    exp_month=card.exp_month,
+                    exp_year=card.exp_year,
+                )
             )
         except (stripe.StripeError, OSError) as err:
             _delete_customers(payments, registered)
@@ -116,30 +107,14 @@ def register_cards(
 def _write(
     conn: Connection,
     scenario: Scenario,
-    registered: Mapping[tuple[str, str], RegisteredCard],
+    registered: Sequence[RegisteredCard],
 ) -> None:
     for account in scenario.accounts:
         store.create_account(conn, account)
-    pm_ids: dict[tuple[str, str], str] = {}
     now = store.utcnow()
-    for card in scenario.cards:
-        stripe_card = registered[card.owner]
-        pm_ids[card.owner] = store.create_payment_method(
-            conn,
-            card.account_id,
-            card.owner_type,
-            card.owner_id,
-            store.NewCard(
-                id=payment_method_id(card.owner_type, card.owner_id),
-                stripe_customer_id=stripe_card.stripe_customer_id,
-                stripe_payment_method_id=stripe_card.stripe_payment_method_id,
-                brand=stripe_card.brand,
-                last4=stripe_card.last4,
-                exp_month=stripe_card.exp_month,
-                exp_year=stripe_card.exp_year,
-            ),
-            created_at=now,
-        )
+    write_cards(conn, scenario.cards, registered, now)
+    # The cards each owner started with (a change's card is on file from its instant only).
+    pm_ids = {card.owner: card.id for card in scenario.cards if card.since is None}
     # Contacts before clients: a client points at its billing contact.
     for contact in scenario.billing_contacts:
         store.create_billing_contact(
@@ -157,10 +132,39 @@ def _write(
         )
     for session in scenario.sessions:
         store.create_session(conn, session)
+    store.record_changes(conn, scenario.changes, now)
 
 
-def _taken_payment_method_ids(conn: Connection, scenario: Scenario) -> set[str]:
-    wanted = {payment_method_id(*card.owner) for card in scenario.cards}
+def write_cards(
+    conn: Connection,
+    cards: Sequence[CardToRegister],
+    registered: Sequence[RegisteredCard],
+    now: datetime,
+) -> None:
+    """The payment method rows of cards Stripe registered, in the same order (no number:
+    Stripe's ids, brand, last 4, expiry, fingerprint)."""
+    for card, stripe_card in zip(cards, registered, strict=True):
+        store.create_payment_method(
+            conn,
+            card.account_id,
+            card.owner_type,
+            card.owner_id,
+            store.NewCard(
+                id=card.id,
+                stripe_customer_id=stripe_card.stripe_customer_id,
+                stripe_payment_method_id=stripe_card.stripe_payment_method_id,
+                brand=stripe_card.brand,
+                last4=stripe_card.last4,
+                exp_month=stripe_card.exp_month,
+                exp_year=stripe_card.exp_year,
+                fingerprint=stripe_card.fingerprint,
+            ),
+            created_at=now,
+        )
+
+
+def taken_payment_method_ids(conn: Connection, cards: Sequence[CardToRegister]) -> set[str]:
+    wanted = {card.id for card in cards}
     taken: set[str] = set()
     for chunk in chunks(wanted):
         taken.update(
@@ -184,12 +188,12 @@ def load_scenario(path: Path, engine: Engine, payments: Payments) -> LoadSummary
         existing = existing_records(conn, doc)
     scenario = checked_scenario(doc, existing)
 
-    registered = register_cards(payments, scenario.cards) if scenario.cards else {}
+    registered = register_cards(payments, scenario.cards) if scenario.cards else []
     try:
         with engine.begin() as conn:
             # Someone may have written since the check: check again inside the transaction.
             checked_scenario(doc, existing_records(conn, doc))
-            taken = sorted(_taken_payment_method_ids(conn, scenario))
+            taken = sorted(taken_payment_method_ids(conn, scenario.cards))
             if taken:
                 raise ScenarioError(
                     "", f"payment method id {taken[0]!r} already exists in the database"

@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from hashlib import sha256
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Connection, String, select
@@ -33,7 +34,6 @@ from billing_pipeline.scenario.read import (
     SECRET,
     PathPart,
     Problem,
-    ScenarioError,
     check_schema,
     first_problem,
     format_path,
@@ -51,6 +51,11 @@ class ExistingRecords:
     billing_contacts: Mapping[str, str] = field(default_factory=dict)  # id -> account_id
     clients: Mapping[str, str] = field(default_factory=dict)  # id -> account_id
     sessions: frozenset[str] = frozenset()
+    # For `changes[]`: when each client was created, whose each session is, and the changes
+    # the database holds of the records the file changes (subject, id, field, instant).
+    client_created: Mapping[str, datetime] = field(default_factory=dict)
+    session_clients: Mapping[str, str] = field(default_factory=dict)
+    change_keys: frozenset[tuple[str, str, str, datetime]] = frozenset()
 
 
 def _ids(doc: Mapping[str, Any], kind: str, *keys: str) -> set[str]:
@@ -77,14 +82,30 @@ def existing_records(conn: Connection, doc: object) -> ExistingRecords:
         | _ids(doc, "billing_contacts", "account_id")
         | _ids(doc, "clients", "account_id")
     )
-    contact_ids = _ids(doc, "billing_contacts", "id") | _ids(doc, "clients", "billing_contact_id")
-    client_ids = _ids(doc, "clients", "id") | _ids(doc, "sessions", "client_id")
-    session_ids = _ids(doc, "sessions", "id")
+    contact_ids = (
+        _ids(doc, "billing_contacts", "id")
+        | _ids(doc, "clients", "billing_contact_id")
+        | _ids(doc, "changes", "billing_contact_id")
+    )
+    client_ids = (
+        _ids(doc, "clients", "id")
+        | _ids(doc, "sessions", "client_id")
+        | _ids(doc, "changes", "client_id")
+    )
+    session_ids = _ids(doc, "sessions", "id") | _ids(doc, "changes", "session_id")
+    account_ids |= _ids(doc, "changes", "account_id")
 
     accounts: set[str] = set()
     contacts: dict[str, str] = {}
     clients: dict[str, str] = {}
-    sessions: set[str] = set()
+    created: dict[str, datetime] = {}
+    session_clients: dict[str, str] = {}
+    for chunk in chunks(session_ids):
+        rows = conn.execute(
+            select(m.SessionRow.id, m.SessionRow.client_id).where(m.SessionRow.id.in_(chunk))
+        )
+        session_clients.update({r.id: r.client_id for r in rows})
+    client_ids |= set(session_clients.values())
     for chunk in chunks(account_ids):
         accounts.update(conn.execute(select(m.Account.id).where(m.Account.id.in_(chunk))).scalars())
     for chunk in chunks(contact_ids):
@@ -95,13 +116,39 @@ def existing_records(conn: Connection, doc: object) -> ExistingRecords:
         )
         contacts.update({r.id: r.account_id for r in rows})
     for chunk in chunks(client_ids):
-        rows = conn.execute(select(m.Client.id, m.Client.account_id).where(m.Client.id.in_(chunk)))
-        clients.update({r.id: r.account_id for r in rows})
-    for chunk in chunks(session_ids):
-        sessions.update(
-            conn.execute(select(m.SessionRow.id).where(m.SessionRow.id.in_(chunk))).scalars()
+        rows = conn.execute(
+            select(m.Client.id, m.Client.account_id, m.Client.created_at).where(
+                m.Client.id.in_(chunk)
+            )
         )
-    return ExistingRecords(frozenset(accounts), contacts, clients, frozenset(sessions))
+        for r in rows:
+            clients[r.id] = r.account_id
+            created[r.id] = r.created_at
+    changed = (
+        _ids(doc, "changes", "client_id", "account_id", "billing_contact_id", "session_id")
+        if doc.get("changes")
+        else set()
+    )
+    keys: set[tuple[str, str, str, datetime]] = set()
+    for chunk in chunks(changed):
+        rows = conn.execute(
+            select(
+                m.SettingChange.subject,
+                m.SettingChange.subject_id,
+                m.SettingChange.field,
+                m.SettingChange.effective_at,
+            ).where(m.SettingChange.subject_id.in_(chunk))
+        )
+        keys.update((r.subject, r.subject_id, r.field, r.effective_at) for r in rows)
+    return ExistingRecords(
+        frozenset(accounts),
+        contacts,
+        clients,
+        frozenset(session_clients),
+        created,
+        session_clients,
+        frozenset(keys),
+    )
 
 
 # --- The checked scenario --------------------------------------------------------------------
@@ -127,10 +174,27 @@ class CardToRegister:
     number: str = field(repr=False)
     exp_month: int
     exp_year: int
+    pm_id: str = ""  # our id for it (`payment_method_id`)
+    since: datetime | None = None  # a card that a change puts on file from this instant
 
     @property
     def owner(self) -> tuple[str, str]:
         return (self.owner_type, self.owner_id)
+
+    @property
+    def id(self) -> str:
+        return self.pm_id or payment_method_id(self.owner_type, self.owner_id, self.since)
+
+
+def payment_method_id(owner_type: str, owner_id: str, since: datetime | None = None) -> str:
+    """Our own id for a card on file of a client or billing contact (at most 64 chars): the
+    card it was created with, or the card a change put on file from instant `since`."""
+    plain = f"pm-{owner_type}-{owner_id}"
+    if since is not None:
+        plain += f"-{since.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+    if len(plain) <= 64:
+        return plain
+    return "pm-" + sha256(plain.encode()).hexdigest()[:48]
 
 
 @dataclass(frozen=True)
@@ -142,6 +206,7 @@ class Scenario:
     clients: tuple[store.NewClient, ...]
     sessions: tuple[Session, ...]
     cards: tuple[CardToRegister, ...]
+    changes: tuple[store.NewChange, ...] = ()
 
 
 def _length(column: ColumnElement[Any]) -> int:
@@ -349,7 +414,11 @@ class _Checker:
         return built, cards
 
     def card(
-        self, parts: tuple[PathPart, ...], item: Mapping[str, Any], owner_type: str
+        self,
+        parts: tuple[PathPart, ...],
+        item: Mapping[str, Any],
+        owner_type: str,
+        since: datetime | None = None,
     ) -> CardToRegister | None:
         pm = item.get("payment_method")
         if pm is None:
@@ -362,6 +431,8 @@ class _Checker:
             number=pm["card"],
             exp_month=int(pm["exp_month"]),
             exp_year=int(pm["exp_year"]),
+            pm_id=payment_method_id(owner_type, item["id"], since),
+            since=since,
         )
 
     def clients(
@@ -447,15 +518,7 @@ class _Checker:
                     status=SessionStatus(item.get("status") or SessionStatus.ATTENDED.value),
                     source=SessionSource(item.get("source") or SessionSource.NATIVE.value),
                     place_of_service=item.get("place_of_service"),
-                    services=tuple(
-                        Service(
-                            cpt=service.get("cpt") or None,
-                            units=int(service.get("units", 1)),
-                            fee_cents=int(service["fee_cents"]),
-                            modifiers=tuple(service.get("modifiers") or ()),
-                        )
-                        for service in item["services"]
-                    ),
+                    services=_services(item["services"]),
                 )
             )
         return built
@@ -476,6 +539,161 @@ class _Checker:
                 return False
         return True
 
+    # --- changes over time -----------------------------------------------------------------
+
+    def changes(
+        self, clients: Mapping[str, tuple[str, datetime | None]]
+    ) -> tuple[list[store.NewChange], list[CardToRegister]]:
+        """`changes[]` as history rows (and the cards they put on file). Refused: unknown ids,
+        a change dated before its client's `created_at`, two changes of one field of one
+        record at one instant (in the file, or one in the file and one in the database)."""
+        accounts = set(_ids(self.doc, "accounts", "id")) | set(self.existing.accounts)
+        contacts = {item["id"]: item["account_id"] for _, item in self.items("billing_contacts")}
+        contacts = {**self.existing.billing_contacts, **contacts}
+        session_clients = {item["id"]: item["client_id"] for _, item in self.items("sessions")}
+        session_clients = {**self.existing.session_clients, **session_clients}
+        seen: dict[tuple[str, str, str, datetime], tuple[PathPart, ...]] = {}
+        built: list[store.NewChange] = []
+        cards: list[CardToRegister] = []
+        for parts, item in self.items("changes"):
+            at = self.instant((*parts, "at"), item["at"])
+            kind = item["kind"]
+            # (subject, id, account, client whose created_at bounds it, [(field, value, path)])
+            target = self.change_target(parts, item, accounts, contacts, clients, session_clients)
+            if target is None or at is None:
+                continue
+            subject, subject_id, account_id, client_id = target
+            if client_id is not None:
+                created = clients.get(client_id, ("", None))[1]
+                if created is not None and at < created:
+                    self.problem(
+                        (*parts, "at"),
+                        f"{show((), item['at'])} is before client {client_id!r} was created "
+                        f"({created.isoformat()})",
+                    )
+                    continue
+            fields: list[tuple[str, Any, tuple[PathPart, ...]]] = []
+            if kind in ("client_settings", "account_settings"):
+                for name, value in _whole_numbers(item["settings"]).items():
+                    fields.append((name, value, (*parts, "settings", name)))
+            elif kind == "billing_contact":
+                fields.append(
+                    (
+                        "billing_contact_id",
+                        item["billing_contact_id"],
+                        (*parts, "billing_contact_id"),
+                    )
+                )
+            elif kind == "billing_contact_settings":
+                fields.append(
+                    ("autopay_enabled", item["autopay_enabled"], (*parts, "autopay_enabled"))
+                )
+            elif kind == "payment_method":
+                card = None
+                if item["payment_method"] is not None:
+                    card = self.card(
+                        parts,
+                        {**item, "id": subject_id, "account_id": account_id},
+                        subject,
+                        since=at,
+                    )
+                fields.append(
+                    ("payment_method_id", card.id if card else None, (*parts, "payment_method"))
+                )
+                if card is not None:
+                    cards.append(card)
+            elif kind == "session_services":
+                if not self.amount(parts, item["services"]):
+                    continue
+                services = store.services_to_json(_services(item["services"]))
+                fields.append((store.SERVICES, services, (*parts, "services")))
+            for name, value, fparts in fields:
+                key = (subject, subject_id, name, at)
+                if key in seen:
+                    self.problem(
+                        fparts,
+                        f"a second change of {name} of {subject.replace('_', ' ')} "
+                        f"{subject_id!r} at the same instant (also at {format_path(seen[key])})",
+                    )
+                    continue
+                seen[key] = fparts
+                if key in self.existing.change_keys:
+                    self.problem(
+                        fparts,
+                        f"{name} of {subject.replace('_', ' ')} {subject_id!r} already has a "
+                        "change at that instant in the database",
+                    )
+                    continue
+                built.append(store.NewChange(account_id, subject, subject_id, name, value, at))
+        return built, cards
+
+    def change_target(
+        self,
+        parts: tuple[PathPart, ...],
+        item: Mapping[str, Any],
+        accounts: set[str],
+        contacts: Mapping[str, str],
+        clients: Mapping[str, tuple[str, datetime | None]],
+        session_clients: Mapping[str, str],
+    ) -> tuple[str, str, str, str | None] | None:
+        """What a change changes: (subject, its id, its account, the client it belongs to)."""
+        kind = item["kind"]
+        if kind == "account_settings":
+            if item["account_id"] not in accounts:
+                self.problem((*parts, "account_id"), f"unknown account {item['account_id']!r}")
+                return None
+            return (store.ACCOUNT, item["account_id"], item["account_id"], None)
+        if kind == "billing_contact_settings" or (
+            kind == "payment_method" and "billing_contact_id" in item
+        ):
+            contact_id = item["billing_contact_id"]
+            if contact_id not in contacts:
+                self.problem(
+                    (*parts, "billing_contact_id"), f"unknown billing contact {contact_id!r}"
+                )
+                return None
+            return (store.BILLING_CONTACT, contact_id, contacts[contact_id], None)
+        if kind == "session_services":
+            session_id = item["session_id"]
+            owner = session_clients.get(session_id)
+            if owner is None or owner not in clients:
+                self.problem((*parts, "session_id"), f"unknown session {session_id!r}")
+                return None
+            return (store.SESSION, session_id, clients[owner][0], owner)
+        client_id = item["client_id"]
+        if client_id not in clients:
+            self.problem((*parts, "client_id"), f"unknown client {client_id!r}")
+            return None
+        account_id = clients[client_id][0]
+        if kind == "billing_contact" and item["billing_contact_id"] is not None:
+            contact_id = item["billing_contact_id"]
+            owner = contacts.get(contact_id)
+            if owner is None:
+                self.problem(
+                    (*parts, "billing_contact_id"), f"unknown billing contact {contact_id!r}"
+                )
+                return None
+            if owner != account_id:
+                self.problem(
+                    (*parts, "billing_contact_id"),
+                    f"billing contact {contact_id!r} belongs to account {owner!r}, "
+                    f"not {account_id!r}",
+                )
+                return None
+        return (store.CLIENT, client_id, account_id, client_id)
+
+
+def _services(items: Sequence[Mapping[str, Any]]) -> tuple[Service, ...]:
+    return tuple(
+        Service(
+            cpt=service.get("cpt") or None,
+            units=int(service.get("units", 1)),
+            fee_cents=int(service["fee_cents"]),
+            modifiers=tuple(service.get("modifiers") or ()),
+        )
+        for service in items
+    )
+
 
 def _whole_numbers(values: Mapping[str, Any]) -> dict[str, Any]:
     """JSON Schema counts 30.0 as an integer; the rules want 30."""
@@ -494,10 +712,6 @@ def validate_scenario(doc: object, existing: ExistingRecords | None = None) -> S
     may point at them. Raises ScenarioError for the first problem in document order."""
     check_schema(doc)
     assert isinstance(doc, dict)  # the schema says so
-    if doc.get("changes"):
-        # The contract's "Changes over time" (effective-dated history) is not built yet: a
-        # scenario with changes is refused whole rather than loaded without them.
-        raise ScenarioError("changes[0]", "changes over time are not supported by this version yet")
     return checked_scenario(doc, existing or ExistingRecords())
 
 
@@ -510,6 +724,13 @@ def checked_scenario(doc: Mapping[str, Any], existing: ExistingRecords) -> Scena
     clients, client_cards = checker.clients(known_accounts)
     known_clients = {item["id"]: None for item in doc.get("clients") or []}
     sessions = checker.sessions(known_clients)
+    # Clients a change may name: the file's (as built: created_at checked) and the database's.
+    change_clients: dict[str, tuple[str, datetime | None]] = {
+        cid: (account, existing.client_created.get(cid))
+        for cid, account in existing.clients.items()
+    }
+    change_clients.update({c.id: (c.account_id, c.created_at) for c in clients.values()})
+    changes, change_cards = checker.changes(change_clients)
     first = first_problem(doc, checker.problems)
     if first is not None:
         raise first.error()
@@ -518,5 +739,6 @@ def checked_scenario(doc: Mapping[str, Any], existing: ExistingRecords) -> Scena
         billing_contacts=tuple(contacts.values()),
         clients=tuple(clients.values()),
         sessions=tuple(sessions),
-        cards=tuple(contact_cards + client_cards),
+        cards=tuple(contact_cards + client_cards + change_cards),
+        changes=tuple(changes),
     )

@@ -81,9 +81,9 @@ class Reconciled:
 
 
 def _unsent_verdict(
-    conn: Connection, attempt: records.PendingAttempt, account_id: str, night: date
+    conn: Connection, attempt: records.PendingAttempt, account_id: str, night: date, at: datetime
 ) -> tuple[Unsent, records.ClaimedAttempt | None]:
-    practice = load_practice(conn, account_id)
+    practice = load_practice(conn, account_id, at)
     client = practice.clients[attempt.client_id]
     decision = decide_autopay(practice, client, night)
     covered, open_amounts = records.open_amounts_of_covered_bills(conn, attempt.id)
@@ -172,7 +172,7 @@ def reconcile_pending(
             continue
         # Stripe has no PaymentIntent for it: the charge never reached Stripe.
         verdict, claimed = db.transact(
-            partial(_unsent_verdict, attempt=attempt, account_id=account_id, night=night)
+            partial(_unsent_verdict, attempt=attempt, account_id=account_id, night=night, at=at)
         )
         if verdict == Unsent.RESEND and claimed is not None:
             done.add("resent_after_reconciliation")
@@ -218,7 +218,7 @@ def claim_batch(
         if records.attempt_exists(conn, key):
             figures.add("already_attempted")
             continue
-        block = retry_block(records.attempt_history(conn, client_id), card_id)
+        block = retry_block(records.attempt_history(conn, client_id), decision.card.key)
         if block != RetryBlock.NONE:
             figures.add(f"skipped_{block.value}")
             continue
@@ -369,7 +369,7 @@ def run_autopay_night(
 
     charge(reconciled.resend)
     with db.engine.connect() as conn:
-        practice = load_practice(conn, account_id)
+        practice = load_practice(conn, account_id, at)  # as of the night's 00:30
         candidates = records.clients_with_open_bills(conn, account_id, at)
     attempts = 0
     for start in range(0, len(candidates), max(batch_size, 1)):

@@ -222,7 +222,7 @@ def explain(conn: Connection, client_id: str, night: date | None = None) -> str:
     )
     lines.append(_sentence(f"AutoPay: {decision.describe(payer_name)}"))
     if decision.runs and decision.card:
-        block = retry_block(attempt_history(conn, client_id), decision.card.payment_method_id)
+        block = retry_block(attempt_history(conn, client_id), decision.card.key)
         if block != RetryBlock.NONE:
             lines.append(f"  But AutoPay will not charge this card: {RETRY_WORDS[block]}.")
     lines.extend(
@@ -239,9 +239,7 @@ def explain(conn: Connection, client_id: str, night: date | None = None) -> str:
     attempts = attempts_for_staff(conn, client_id)
     if attempts:
         lines.append("AutoPay attempts:")
-    streaks = declines_in_a_row(
-        [PastAttempt(a.night, a.payment_method_id, Outcome(a.status)) for a in attempts]
-    )
+    streaks = declines_in_a_row([PastAttempt(a.night, a.card, Outcome(a.status)) for a in attempts])
     payment_method_now = decision.card.payment_method_id if decision.card else None
     for a, declines in zip(attempts, streaks, strict=True):
         local = a.attempted_at.astimezone(cal.zone(tz))

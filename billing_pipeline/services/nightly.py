@@ -13,7 +13,7 @@ from sqlalchemy import Connection
 
 from billing_pipeline.db import models as m
 from billing_pipeline.db import nightly as q
-from billing_pipeline.db.store import billed_session_ids, load_sessions
+from billing_pipeline.db.store import billed_session_ids, load_practice, load_sessions
 from billing_pipeline.domain import calendar as cal
 from billing_pipeline.domain.billing import plan_bills
 from billing_pipeline.domain.delivery import plan_delivery
@@ -52,12 +52,16 @@ class NightFigures:
 
 
 def _window_sessions(conn: Connection, practice: Practice, night: date) -> list[Session]:
+    """The sessions of the night's look-back, with their services in force at the night's
+    00:00 (a CPT code added later is not seen by an earlier night)."""
     tz = practice.account.timezone
+    midnight = cal.bills_instant(night, tz)
     return load_sessions(
         conn,
         list(practice.clients),
         cal.start_of_day(cal.lookback_start(night), tz),
-        cal.bills_instant(night, tz),
+        midnight,
+        at=midnight,
     )
 
 
@@ -140,12 +144,14 @@ def decide_autopay(practice: Practice, client: ClientView, night: date) -> Autop
 
 
 def record_resolved_settings(conn: Connection, practice: Practice, night: date) -> NightFigures:
-    """Write each client's settings as this night applies them, with AutoPay's decision."""
+    """Write each client's settings as this night applies them (`practice` as of its 00:00),
+    with AutoPay's decision as of its 00:30 (the switches, contact and card in force then)."""
     account = practice.account
     figures = NightFigures(account.id, night)
+    at_autopay = load_practice(conn, account.id, cal.autopay_instant(night, account.timezone))
     rows = []
     for client in practice.clients.values():
-        decision = decide_autopay(practice, client, night)
+        decision = decide_autopay(at_autopay, at_autopay.clients[client.id], night)
         rows.append(
             {
                 "night": night,
@@ -246,7 +252,7 @@ def create_superbills(
     start, end = cal.month_bounds(*month, tz)
     enabled = [c for c in practice.clients.values() if c.superbills_enabled]
     by_client: dict[str, list[Session]] = {}
-    for s in load_sessions(conn, [c.id for c in enabled], start, end):
+    for s in load_sessions(conn, [c.id for c in enabled], start, end, at=created_at):
         by_client.setdefault(s.client_id, []).append(s)
     existing = q.clients_with_document(
         conn, m.Superbill, practice.account.id, cal.month_key(*month)

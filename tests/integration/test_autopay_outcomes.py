@@ -15,7 +15,7 @@ from sqlalchemy import Engine, insert, select, update
 from billing_pipeline.db import models as m
 from billing_pipeline.localstripe_server import LocalStripe
 from billing_pipeline.resources.payments import Payments
-from billing_pipeline.scenario.load import payment_method_id
+from billing_pipeline.scenario.validate import payment_method_id
 from billing_pipeline.services.explain import explain
 from tests.integration.autopay_harness import (
     API_KEY,

@@ -83,14 +83,16 @@ def test_declines_in_a_row_agree_with_the_retry_rule(
         )
 
 
-def test_declines_on_two_cards_are_counted_apart() -> None:
+def test_an_attempt_on_another_card_starts_a_new_count() -> None:
     night = date(2026, 11, 1)
     history = [
         PastAttempt(night, "pm-a", D),
-        PastAttempt(night + timedelta(days=1), "pm-b", D),
-        PastAttempt(night + timedelta(days=2), "pm-a", D),
+        PastAttempt(night + timedelta(days=1), "pm-a", D),
+        PastAttempt(night + timedelta(days=2), "pm-b", D),
+        PastAttempt(night + timedelta(days=3), "pm-a", D),
     ]
-    assert declines_in_a_row(history) == [1, 1, 2]
+    assert declines_in_a_row(history) == [1, 2, 1, 1]
+    assert retry_block(history, "pm-a").value == "none"
 
 
 def test_the_crash_hook_is_off_without_the_variable_and_refuses_a_misspelt_point(

@@ -23,7 +23,7 @@ from billing_pipeline.db import models as m
 from billing_pipeline.db import store
 from billing_pipeline.localstripe_server import LocalStripe
 from billing_pipeline.resources.payments import Payments, PaymentsNotConfigured
-from billing_pipeline.scenario import load, read
+from billing_pipeline.scenario import read, validate
 from billing_pipeline.scenario.load import LoadSummary, load_scenario
 from billing_pipeline.scenario.read import CardRegistrationError, ScenarioError, read_scenario
 from billing_pipeline.scenario.validate import ExistingRecords, validate_scenario
@@ -174,15 +174,30 @@ def test_packaged_schema_is_the_contracts() -> None:
     assert read.scenario_schema() == contract
 
 
-def test_changes_over_time_are_refused_whole_until_they_are_built() -> None:
-    """The contract's new `changes` pass the schema, but this version does not apply them yet:
-    such a scenario is refused (exit 2 at the CLI) rather than loaded without its changes."""
+def test_changes_over_time_become_history_rows_from_their_instants() -> None:
+    """The public example's changes, one row per changed field, each from its instant in UTC;
+    the replaced card is a card of its own, on file from the change's instant."""
     doc = json.loads((CONTRACT / "scenarios" / "next" / "changes_over_time.json").read_text())
-    assert doc["changes"]
-    with pytest.raises(ScenarioError) as err:
-        validate_scenario(doc)
-    assert str(err.value) == "changes[0]: changes over time are not supported by this version yet"
-    validate_scenario({**doc, "changes": []})  # an empty list changes nothing
+    scenario = validate_scenario(doc)
+    rows = [(c.subject, c.subject_id, c.field, c.value, c.effective_at) for c in scenario.changes]
+    new_card = "pm-client-cl-jordan-20261109T173000Z"
+
+    def utc(*parts: int) -> datetime:
+        return datetime(2026, *parts, tzinfo=UTC)
+
+    assert rows == [
+        ("client", "cl-maya", "autopay_enabled", False, utc(11, 5, 20, 10)),
+        ("client", "cl-jordan", "payment_method_id", new_card, utc(11, 9, 17, 30)),
+        ("client", "cl-maya", "autopay_enabled", True, utc(11, 9, 22, 45)),
+        ("session", "s-sam-1028-imported", "services",
+         [{"cpt": "90837", "units": 1, "fee_cents": 18000, "modifiers": []}], utc(11, 12, 22, 0)),
+        ("account", "acct-willow", "bill_creation", "monthly", utc(11, 16, 14, 0)),
+    ]  # fmt: skip
+    assert {c.account_id for c in scenario.changes} == {"acct-willow"}
+    assert [(c.id, c.since) for c in scenario.cards if c.since] == [
+        (new_card, datetime(2026, 11, 9, 17, 30, tzinfo=UTC))
+    ]
+    assert validate_scenario({**doc, "changes": []}).changes == ()
 
 
 # --- Bad input ---------------------------------------------------------------------------------
@@ -649,7 +664,9 @@ def test_a_database_refusal_names_no_personal_data(
 ) -> None:
     doc, good, bad = unique_owners_doc()
     doc["clients"][1]["payment_method"]["card"] = CARD
-    monkeypatch.setattr(load, "payment_method_id", lambda owner_type, owner_id: "pm-same")
+    monkeypatch.setattr(
+        validate, "payment_method_id", lambda owner_type, owner_id, since=None: "pm-same"
+    )
     before = snapshot(engine)
     with pytest.raises(ScenarioError) as refused:
         load_scenario(write(tmp_path, doc), engine, payments)
