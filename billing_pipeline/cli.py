@@ -135,6 +135,29 @@ def scenario_load(path: Path) -> None:
     click.echo(f"loaded {path.name}: {summary}")
 
 
+@main.group()
+def changes() -> None:
+    """Changes over time (settings, cards, services), recorded as history."""
+
+
+@changes.command("apply")
+@click.argument("path", type=click.Path(path_type=Path))
+def changes_apply(path: Path) -> None:
+    """Validate PATH (`{"changes": [...]}`) whole against the loaded database, then record its
+    changes in one transaction (new cards go to Stripe). Nights already run stay as they ran."""
+    from billing_pipeline.resources.payments import PaymentsNotConfigured
+    from billing_pipeline.scenario.load import apply_changes
+    from billing_pipeline.scenario.read import ScenarioError
+
+    try:
+        written = apply_changes(path, _engine(), _payments())
+    except ScenarioError as err:
+        raise BadInput(f"{path}: {err}") from None
+    except PaymentsNotConfigured as err:
+        raise BadInput(str(err)) from None
+    click.echo(f"applied {path.name}: {written} change{'' if written == 1 else 's'} recorded")
+
+
 @main.command("simulate")
 @click.option("--from", "first", required=True, help="First service date (YYYY-MM-DD).")
 @click.option("--to", "last", required=True, help="Last service date (YYYY-MM-DD).")

@@ -217,3 +217,43 @@ def load_scenario(path: Path, engine: Engine, payments: Payments) -> LoadSummary
         sessions=len(scenario.sessions),
         payment_methods=len(scenario.cards),
     )
+
+
+# --- Further changes ---------------------------------------------------------------------------
+
+
+def apply_changes(path: Path, engine: Engine, payments: Payments) -> int:
+    """Record a file of further changes (`{"changes": [...]}`) into a loaded database, as the
+    EHR would in production: checked whole as `scenario load` checks `changes[]` (against the
+    records the database holds), cards registered in Stripe, then written in one transaction.
+    A change dated before nights that already ran affects only the nights not run yet: what
+    those nights made stays as it was. Returns the number of history rows written."""
+    doc = read_scenario(path)
+    check_schema(doc, "changes")
+    assert isinstance(doc, dict)  # the schema says so
+    with engine.connect() as conn:
+        existing = existing_records(conn, doc)
+    checked = checked_scenario(doc, existing)
+    registered = register_cards(payments, checked.cards) if checked.cards else []
+    try:
+        with engine.begin() as conn:
+            checked = checked_scenario(doc, existing_records(conn, doc))
+            taken = sorted(taken_payment_method_ids(conn, checked.cards))
+            if taken:
+                raise ScenarioError(
+                    "", f"payment method id {taken[0]!r} already exists in the database"
+                )
+            now = store.utcnow()
+            write_cards(conn, checked.cards, registered, now)
+            store.record_changes(conn, checked.changes, now)
+    except DBAPIError as err:
+        _delete_customers(payments, registered)
+        constraint = getattr(getattr(err.orig, "diag", None), "constraint_name", None)
+        detail = type(err.orig).__name__ + (f" on {constraint}" if constraint else "")
+        raise ScenarioError(
+            "", f"the database refused the write ({detail}); nothing was written"
+        ) from None
+    except BaseException:
+        _delete_customers(payments, registered)
+        raise
+    return len(checked.changes)

@@ -212,10 +212,29 @@ def scenario_schema() -> dict[str, Any]:
 
 
 @cache
-def _validator() -> Draft202012Validator:
+def changes_schema() -> dict[str, Any]:
+    """A file of further changes (`billing-pipeline changes apply`): `{"changes": [...]}`,
+    each change as the scenario schema has it."""
+    scenario = scenario_schema()
+    return {
+        "$schema": scenario["$schema"],
+        "title": "Billing automation changes",
+        "type": "object",
+        "required": ["changes"],
+        "additionalProperties": False,
+        "properties": {
+            "description": {"type": "string"},
+            "changes": scenario["properties"]["changes"],
+        },
+        "$defs": scenario["$defs"],
+    }
+
+
+@cache
+def _validator(kind: str = "scenario") -> Draft202012Validator:
     checker = FormatChecker(["date-time", "date", "email"])
     checker.checks("email")(_is_email)
-    schema = scenario_schema()
+    schema = scenario_schema() if kind == "scenario" else changes_schema()
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema, format_checker=checker)
 
@@ -310,14 +329,14 @@ def _describe(err: ValidationError) -> list[Problem]:
     return [Problem(parts, message, rank)]
 
 
-def schema_problem(doc: object) -> Problem | None:
-    """The first schema error in document order, if any."""
-    problems = [p for err in _validator().iter_errors(doc) for p in _describe(err)]
+def schema_problem(doc: object, kind: str = "scenario") -> Problem | None:
+    """The first schema error in document order, if any (`kind`: "scenario" or "changes")."""
+    problems = [p for err in _validator(kind).iter_errors(doc) for p in _describe(err)]
     return first_problem(doc, problems)
 
 
-def check_schema(doc: object) -> None:
+def check_schema(doc: object, kind: str = "scenario") -> None:
     """Raise ScenarioError for the first place, in document order, that breaks the schema."""
-    problem = schema_problem(doc)
+    problem = schema_problem(doc, kind)
     if problem is not None:
         raise problem.error()
