@@ -276,6 +276,7 @@ RULE_MESSAGES: dict[str, Callable[[str, Any], str]] = {
     "minItems": lambda _s, rule: f"has fewer than {rule} items",
     "maxItems": lambda _s, rule: f"has more than {rule} items",
     "uniqueItems": lambda _s, _rule: "has duplicate items",
+    "minProperties": lambda _s, rule: f"has fewer than {rule} fields",
 }
 
 
@@ -311,6 +312,28 @@ def _describe(err: ValidationError) -> list[Problem]:
             for name in value
             if name not in allowed
         ]
+    if kind in ("anyOf", "oneOf") and err.context and isinstance(value, dict):
+        branch = _branch_of_kind(rule, value)
+        if branch is not None:  # a change: judged by the form its `kind` names
+            return [
+                p
+                for sub in err.context
+                if sub.relative_schema_path and sub.relative_schema_path[0] == branch
+                for p in _describe(sub)
+            ]
+        kinds = _kinds(rule)
+        if kinds:
+            if "kind" not in value:
+                return [Problem((*parts, "kind"), "required field is missing", 1)]
+            listed = ", ".join(json.dumps(k) for k in kinds)
+            return [Problem((*parts, "kind"), f"{show((), value['kind'])} is not one of {listed}")]
+    if kind == "oneOf" and not err.context and isinstance(value, dict):
+        alone = [
+            b["required"][0] for b in rule if list(b) == ["required"] and len(b["required"]) == 1
+        ]
+        if len(alone) == len(rule):
+            named = [name for name in alone if name in value]
+            return [Problem(parts, f"names {' and '.join(named)}: give exactly one of them", rank)]
     if kind in ("anyOf", "oneOf") and err.context:
         if all(sub.validator == "type" for sub in err.context):
             types = " or ".join(str(sub.validator_value) for sub in err.context)
@@ -327,6 +350,25 @@ def _describe(err: ValidationError) -> list[Problem]:
     else:
         message = f"{shown} breaks the schema rule {kind!r}"
     return [Problem(parts, message, rank)]
+
+
+def _kinds(branches: Any) -> list[str]:
+    """The `kind` constants of a oneOf's branches (the forms of a change), if it has them."""
+    if not isinstance(branches, list):
+        return []
+    found = []
+    for branch in branches:
+        const = (branch.get("properties") or {}).get("kind", {}).get("const")
+        if isinstance(const, str):
+            found.append(const)
+    return found if len(found) == len(branches) else []
+
+
+def _branch_of_kind(branches: Any, value: Mapping[str, Any]) -> int | None:
+    kinds = _kinds(branches)
+    if kinds and value.get("kind") in kinds:
+        return kinds.index(value["kind"])
+    return None
 
 
 def schema_problem(doc: object, kind: str = "scenario") -> Problem | None:

@@ -252,6 +252,8 @@ EXISTING = ExistingRecords(
     billing_contacts={"bc-1": "acct-1"},
     clients={"cl-1": "acct-1"},
     sessions=frozenset({"s-1"}),
+    client_created={"cl-1": datetime(2026, 11, 1, 15, 0, tzinfo=UTC)},
+    session_clients={"s-1": "cl-1"},
 )
 
 
@@ -312,8 +314,139 @@ def _history_out_of_order(doc: dict[str, Any]) -> None:
     ]
 
 
+# Good changes, of records of the file (cl-2) and of the database (cl-1, s-1); each bad case
+# below adds one bad change after them.
+GOOD_CHANGES: list[dict[str, Any]] = [
+    {"at": "2026-11-10T12:00:00Z", "kind": "client_settings", "client_id": "cl-2",
+     "settings": {"share_bills": False}},
+    {"at": "2026-11-10T12:00:00Z", "kind": "client_settings", "client_id": "cl-1",
+     "settings": {"autopay_enabled": True}},
+    {"at": "2026-11-11T12:00:00Z", "kind": "billing_contact", "client_id": "cl-1",
+     "billing_contact_id": None},
+    {"at": "2026-11-12T12:00:00Z", "kind": "session_services", "session_id": "s-1",
+     "services": [{"cpt": "90837", "units": 1, "fee_cents": 18000}]},
+]  # fmt: skip
+
+
+def _change(bad: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    def mutate(doc: dict[str, Any]) -> None:
+        doc["changes"] = [*copy.deepcopy(GOOD_CHANGES), bad]
+
+    return mutate
+
+
+def _client_change(at: str, client_id: str = "cl-2", **settings: Any) -> dict[str, Any]:
+    return {"at": at, "kind": "client_settings", "client_id": client_id, "settings": settings}
+
+
 # (case, mutation, the whole message, a value that must not appear in it)
 BAD: list[tuple[str, Callable[[dict[str, Any]], None], str, str | None]] = [
+    (
+        "change_unknown_client",
+        _change(_client_change("2026-11-20T12:00:00Z", "cl-x", auto_bill=False)),
+        "changes[4].client_id: unknown client 'cl-x'",
+        None,
+    ),
+    (
+        "change_unknown_session",
+        _change(
+            {
+                "at": "2026-11-20T12:00:00Z",
+                "kind": "session_services",
+                "session_id": "s-x",
+                "services": [{"cpt": "90834", "fee_cents": 100}],
+            }
+        ),
+        "changes[4].session_id: unknown session 's-x'",
+        None,
+    ),
+    (
+        "change_unknown_billing_contact",
+        _change(
+            {
+                "at": "2026-11-20T12:00:00Z",
+                "kind": "billing_contact_settings",
+                "billing_contact_id": "bc-x",
+                "autopay_enabled": True,
+            }
+        ),
+        "changes[4].billing_contact_id: unknown billing contact 'bc-x'",
+        None,
+    ),
+    (
+        "change_unknown_account",
+        _change(
+            {
+                "at": "2026-11-20T12:00:00Z",
+                "kind": "account_settings",
+                "account_id": "acct-x",
+                "settings": {"bill_creation": "monthly"},
+            }
+        ),
+        "changes[4].account_id: unknown account 'acct-x'",
+        None,
+    ),
+    (
+        "change_billing_contact_of_another_account",
+        _change(
+            {
+                "at": "2026-11-20T12:00:00Z",
+                "kind": "billing_contact",
+                "client_id": "cl-2",
+                "billing_contact_id": "bc-3",
+            }
+        ),
+        "changes[4].billing_contact_id: billing contact 'bc-3' belongs to account 'acct-3', "
+        "not 'acct-2'",
+        None,
+    ),
+    (
+        "change_of_one_field_twice_at_one_instant",
+        # 06:00-06:00 is 12:00Z: the instant of changes[1], written with another offset.
+        _change(_client_change("2026-11-10T06:00:00-06:00", "cl-1", autopay_enabled=False)),
+        "changes[4].settings.autopay_enabled: a second change of autopay_enabled of client "
+        "'cl-1' at the same instant (also at changes[1].settings.autopay_enabled)",
+        None,
+    ),
+    (
+        "change_naive_instant",
+        _change(_client_change("2026-11-20T12:00:00", auto_bill=False)),
+        "changes[4].at: '2026-11-20T12:00:00' has no UTC offset",
+        None,
+    ),
+    (
+        "change_before_the_client_was_created",
+        _change(_client_change("2026-11-02T14:59:59Z", auto_bill=False)),
+        "changes[4].at: '2026-11-02T14:59:59Z' is before client 'cl-2' was created "
+        "(2026-11-02T15:00:00+00:00)",
+        None,
+    ),
+    (
+        "change_bad_value",
+        _change(_client_change("2026-11-20T12:00:00Z", autopay_enabled="yes")),
+        "changes[4].settings.autopay_enabled: 'yes' is not of type boolean",
+        None,
+    ),
+    (
+        "change_unknown_kind",
+        _change({"at": "2026-11-20T12:00:00Z", "kind": "client_name", "client_id": "cl-2"}),
+        'changes[4].kind: \'client_name\' is not one of "client_settings", "account_settings", '
+        '"billing_contact", "billing_contact_settings", "payment_method", "session_services"',
+        None,
+    ),
+    (
+        "change_card_number_withheld",
+        _change(
+            {
+                "at": "2026-11-20T12:00:00Z",
+                "kind": "payment_method",
+                "client_id": "cl-2",
+                "payment_method": {"card": "4242x4242", "exp_month": 1, "exp_year": 2031},
+            }
+        ),
+        "changes[4].payment_method.card: (value withheld) does not match ^[0-9]{12,19}$",
+        "4242x4242",
+    ),
     (
         "bad_cpt",
         _set("sessions", 0, "services", 0, "cpt", value="9083"),
