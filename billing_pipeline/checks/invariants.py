@@ -9,6 +9,7 @@ import dagster as dg
 from sqlalchemy import Connection, and_, func, select
 
 from billing_pipeline.db import models as m
+from billing_pipeline.db.store import sessions_with_cpt
 from billing_pipeline.services.nightly import IMPORTED_MISSING_CPT
 
 SHOWN = 100  # offending ids listed in a check's metadata; the count says how many in all
@@ -79,16 +80,20 @@ def no_bill_paid_twice(conn: Connection) -> dg.AssetCheckResult:
 
 def imported_sessions_have_cpt_codes(conn: Connection) -> dg.AssetCheckResult:
     """Imported sessions without CPT codes are left out of automation: staff must bill them by
-    hand. Warns with the session ids while any is flagged."""
-    flagged = conn.execute(
-        select(m.CheckFlag.session_id)
-        .where(m.CheckFlag.check == IMPORTED_MISSING_CPT)
-        .order_by(m.CheckFlag.session_id)
-    ).scalars()
+    hand, or add the code. Warns with the session ids while any flagged session still has no
+    CPT code; one given a code since is resolved (its flag stays in the history)."""
+    flagged = list(
+        conn.execute(
+            select(m.CheckFlag.session_id)
+            .where(m.CheckFlag.check == IMPORTED_MISSING_CPT)
+            .order_by(m.CheckFlag.session_id)
+        ).scalars()
+    )
+    resolved = sessions_with_cpt(conn, flagged)
     return _result(
         "imported_sessions_have_cpt_codes",
         "eligible_sessions",
-        list(flagged),
+        [sid for sid in flagged if sid not in resolved],
         "session_ids",
         "flagged_sessions",
         dg.AssetCheckSeverity.WARN,

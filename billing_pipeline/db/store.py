@@ -274,6 +274,24 @@ def _services_in_force(
     return {key[1]: services_from_json(c.value) for key, c in values_at(found, at).items()}
 
 
+def sessions_with_cpt(
+    conn: Connection, session_ids: Sequence[str], at: datetime | None = None
+) -> set[str]:
+    """Those of these sessions that have a service with a CPT code at `at` (None: now, with
+    every change)."""
+    ids = list(session_ids)
+    services: dict[str, tuple[Service, ...]] = {}
+    for i in range(0, len(ids), 500):
+        for r in conn.execute(
+            select(m.SessionService.session_id, m.SessionService.cpt).where(
+                m.SessionService.session_id.in_(ids[i : i + 500])
+            )
+        ):
+            services[r.session_id] = (*services.get(r.session_id, ()), Service(r.cpt, 1, 0))
+    services.update(_services_in_force(conn, ids, at))
+    return {sid for sid, found in services.items() if any(s.billable for s in found)}
+
+
 def load_sessions(
     conn: Connection,
     client_ids: Sequence[str],

@@ -358,3 +358,42 @@ def test_changes_apply_refuses_a_bad_file_whole_and_writes_nothing(
     with pytest.raises(ScenarioError, match=r"^clients: unknown field"):
         apply_changes(write(tmp_path, not_changes, "scenario.json"), engine, payments)
     assert apply_changes(write(tmp_path, {"changes": good}, "good.json"), engine, payments) == 11
+
+
+def test_the_imported_cpt_check_resolves_a_session_given_a_code(
+    engine: Engine, localstripe: LocalStripe, tmp_path: Path
+) -> None:
+    """A flagged imported session warns until staff add its CPT code; then the check passes
+    and the flag stays in the history (the report still lists it)."""
+    from billing_pipeline.checks.invariants import imported_sessions_have_cpt_codes
+    from billing_pipeline.services.nightly import record_eligible_sessions
+
+    payments = Payments(api_key="sk_test_x", api_base=localstripe.url)
+    doc = kinds_doc()
+    services_change = [c for c in doc.pop("changes") if c["kind"] == "session_services"]
+    load_scenario(write(tmp_path, doc, "k.json"), engine, payments)
+    with engine.begin() as conn:
+        practice = store.load_practice(conn, "acct-k", BILLS_AT)
+        figures = record_eligible_sessions(conn, practice, NIGHT)
+    assert figures.counts["new_flags"] == 1
+    with engine.connect() as conn:
+        check = imported_sessions_have_cpt_codes(conn)
+    assert not check.passed
+    assert check.metadata["session_ids"].value == ["s-k"]
+
+    apply_changes(write(tmp_path, {"changes": services_change}, "cpt.json"), engine, payments)
+    with engine.connect() as conn:
+        check = imported_sessions_have_cpt_codes(conn)
+        flags = conn.execute(select(m.CheckFlag.session_id)).scalars().all()
+        practice = store.load_practice(conn, "acct-k", BILLS_AT + MINUTE)
+    assert check.passed
+    assert flags == ["s-k"]
+    with engine.begin() as conn:  # the next night: eligible (auto_bill on), no longer flagged
+        figures = record_eligible_sessions(conn, practice, NIGHT + timedelta(days=1))
+    assert (
+        figures.counts["eligible_sessions"],
+        figures.counts["imported_sessions_missing_cpt"],
+    ) == (
+        1,
+        0,
+    )
