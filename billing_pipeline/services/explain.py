@@ -5,12 +5,24 @@ so it may use short names; nothing here goes to logs or Dagster."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Row, select
 
 from billing_pipeline.db import models as m
 from billing_pipeline.db.autopay import AttemptForStaff, attempt_history, attempts_for_staff
-from billing_pipeline.db.store import billed_session_ids, load_practice, load_sessions
+from billing_pipeline.db.store import (
+    ACCOUNT,
+    ACCOUNT_FIELDS,
+    CLIENT,
+    CLIENT_FIELDS,
+    SWITCH_DEFAULTS,
+    billed_session_ids,
+    defaults_history_of,
+    field_history,
+    load_practice,
+    load_sessions,
+)
 from billing_pipeline.domain import calendar as cal
 from billing_pipeline.domain.autopay import (
     MAX_DECLINES_IN_A_ROW,
@@ -24,11 +36,13 @@ from billing_pipeline.domain.autopay import (
 )
 from billing_pipeline.domain.billing import bills_due
 from billing_pipeline.domain.documents import statement_month, superbill_month
+from billing_pipeline.domain.history import Origin, sourced_value
 from billing_pipeline.domain.money import dollars
 from billing_pipeline.domain.sessions import INELIGIBLE_WORDS, needs_cpt_flag, why_not_eligible
 from billing_pipeline.domain.settings import (
     BillCreation,
     DocumentType,
+    defaults_at,
     settings_warnings,
     short_name,
 )
@@ -114,18 +128,20 @@ def explain(conn: Connection, client_id: str, night: date | None = None) -> str:
     account_row = conn.execute(
         select(m.Account.__table__).where(m.Account.id == row.account_id)
     ).one()
-    practice = load_practice(conn, row.account_id)
-    account = practice.account
-    client = practice.clients[client_id]
-    tz = account.timezone
+    tz = account_row.timezone
     if night is None:
         night = cal.local_date(datetime.now(UTC), tz) - timedelta(days=1)
+    # Settings are history: the night's bills read them at 00:00, its AutoPay at 00:30.
+    bills_at, autopay_at = cal.bills_instant(night, tz), cal.autopay_instant(night, tz)
+    practice = load_practice(conn, row.account_id, bills_at)
+    at_autopay = load_practice(conn, row.account_id, autopay_at)
+    account = practice.account
+    client = practice.clients[client_id]
     contact_row = None
-    if client.billing_contact_id:
+    contact_id = client.billing_contact_id or at_autopay.clients[client_id].billing_contact_id
+    if contact_id:
         contact_row = conn.execute(
-            select(m.BillingContact.__table__).where(
-                m.BillingContact.id == client.billing_contact_id
-            )
+            select(m.BillingContact.__table__).where(m.BillingContact.id == contact_id)
         ).one()
     who = short_name(row.name)
     lines = [
@@ -158,7 +174,8 @@ def explain(conn: Connection, client_id: str, night: date | None = None) -> str:
         conn,
         [client_id],
         cal.start_of_day(cal.lookback_start(night), tz),
-        cal.bills_instant(night, tz),
+        bills_at,
+        at=bills_at,
     )
     billed = billed_session_ids(conn, [s.id for s in sessions])
     bill_of = (
@@ -216,7 +233,7 @@ def explain(conn: Connection, client_id: str, night: date | None = None) -> str:
             lines.append(f"{label} are not shared automatically.")
 
     # AutoPay
-    decision = decide_autopay(practice, client, night)
+    decision = decide_autopay(at_autopay, at_autopay.clients[client_id], night)
     payer_name = (
         contact_row.name if decision.payer_kind == "billing_contact" and contact_row else row.name
     )
@@ -236,6 +253,8 @@ def explain(conn: Connection, client_id: str, night: date | None = None) -> str:
         )
     )
 
+    lines.extend(settings_origins(conn, row, night, bills_at, autopay_at, tz))
+
     attempts = attempts_for_staff(conn, client_id)
     if attempts:
         lines.append("AutoPay attempts:")
@@ -249,3 +268,76 @@ def explain(conn: Connection, client_id: str, night: date | None = None) -> str:
             f"{_attempt_words(a, declines, payment_method_now)}"
         )
     return "\n".join(lines)
+
+
+# --- Where each setting came from -------------------------------------------------------------
+
+# Read at the night's AutoPay (00:30); every other setting at its bills (00:00).
+AUTOPAY_FIELDS = frozenset({"autopay_enabled", "billing_contact_id", "payment_method_id"})
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None:
+        return "none"
+    return str(value)
+
+
+def settings_origins(
+    conn: Connection,
+    row: Row[*tuple[Any, ...]],
+    night: date,
+    bills_at: datetime,
+    autopay_at: datetime,
+    tz: str,
+) -> list[str]:
+    """Each setting's value on the night and where it came from: the practice's or the
+    client's since creation (a sharing field: the account's new-client default in force at the
+    client's creation, or the client's own), or a change on a date."""
+    lines = [
+        f"Settings on the night of {night} (bills read them at 00:00, AutoPay at 00:30), "
+        "and where each came from:"
+    ]
+
+    def origin(
+        subject: str, subject_id: str, name: str, initial: object, created: str
+    ) -> tuple[object, str]:
+        history = [c for f, c in field_history(conn, subject, subject_id) if f == name]
+        at = autopay_at if name in AUTOPAY_FIELDS else bills_at
+        found = sourced_value(initial, history, at)
+        if found.origin == Origin.CHANGED and found.since is not None:
+            when = found.since.astimezone(cal.zone(tz))
+            return found.value, f"changed on {when:%Y-%m-%d %H:%M}"
+        return found.value, created
+
+    account = conn.execute(select(m.Account.__table__).where(m.Account.id == row.account_id)).one()
+    for name in ACCOUNT_FIELDS:
+        value, words = origin(
+            ACCOUNT,
+            account.id,
+            name,
+            getattr(account, name),
+            "the practice's setting from the start",
+        )
+        lines.append(f"  practice {name}: {_shown(value)} ({words})")
+    defaults = defaults_at(defaults_history_of(conn, row.account_id), row.created_at).as_dict()
+    for name in CLIENT_FIELDS:
+        initial = getattr(row, name)
+        if name in defaults:
+            created = (
+                "the account's default for new clients when the client was created"
+                if defaults[name] == initial
+                else "the client's own, since creation"
+            )
+        elif name in SWITCH_DEFAULTS:
+            created = (
+                "the default for new clients"
+                if SWITCH_DEFAULTS[name] == initial
+                else "the client's own, since creation"
+            )
+        else:
+            created = "since the client was created"
+        value, words = origin(CLIENT, row.id, name, initial, created)
+        lines.append(f"  {name}: {_shown(value)} ({words})")
+    return lines

@@ -397,3 +397,31 @@ def test_the_imported_cpt_check_resolves_a_session_given_a_code(
         1,
         0,
     )
+
+
+def test_explain_shows_each_setting_on_the_night_and_where_it_came_from(
+    engine: Engine, localstripe: LocalStripe
+) -> None:
+    from billing_pipeline.services.explain import explain
+
+    load_scenario(EXAMPLE, engine, Payments(api_key="sk_test_x", api_base=localstripe.url))
+    with engine.connect() as conn:
+        before = explain(conn, "cl-maya", date(2026, 11, 4))
+        paused = explain(conn, "cl-maya", date(2026, 11, 5))
+        monthly = explain(conn, "cl-sam", date(2026, 11, 16))
+        daily = explain(conn, "cl-sam", date(2026, 11, 15))
+        sam_before = explain(conn, "cl-sam", date(2026, 11, 11))
+        sam_after = explain(conn, "cl-sam", date(2026, 11, 12))
+    assert "  autopay_enabled: on (the client's own, since creation)" in before
+    assert "AutoPay will charge the client Maya P." in before
+    assert "  autopay_enabled: off (changed on 2026-11-05 14:10)" in paused
+    assert "AutoPay is off in the client's Billing Settings" in paused
+    assert "  share_bills: on (the account's default for new clients when the client was" in paused
+    assert "  practice bill_creation: monthly (changed on 2026-11-16 08:00)" in monthly
+    assert "  practice bill_creation: daily (the practice's setting from the start)" in daily
+    assert "  superbills_enabled: on (the client's own, since creation)" in daily
+    assert "  share_superbills: on (the client's own, since creation)" in daily
+    assert "s-sam-1028-imported on 2026-10-28: not billed: no service on the session" in sam_before
+    assert "flagged for staff" in sam_before
+    assert "s-sam-1028-imported on 2026-10-28: billed tonight" in sam_after
+    assert "Maya Patel" not in paused  # short names only
