@@ -65,10 +65,12 @@ from tests.contract.runner import cli, cli_in_process, how
 from tests.simulated import Simulations, debug_cli, output_of
 
 PACKAGE = Path(__file__).resolve().parents[2] / "billing_pipeline"
-# Public contract scenario with billing contacts, two months (superbills, statements), and
-# our own richest one: 11 clients, 4 billing contacts, every AutoPay gate.
+# Public contract scenario with billing contacts, two months (superbills, statements), the
+# contract's changes over time (a card replaced, settings and services changed), and our own
+# richest one: 11 clients, 4 billing contacts, every AutoPay gate.
 PHI_SCENARIOS = [
     CONTRACT / "scenarios" / "monthly_billing_contacts.json",
+    CONTRACT / "scenarios" / "next" / "changes_over_time.json",
     SCENARIOS / "autopay_gates.json",
 ]
 MIN_NAME_PART = 4
