@@ -17,6 +17,8 @@ setup(
             "db/migrations/versions/*.py",
             "db/migrations/script.py.mako",
             "scenario/schema.json",
+            "resources/documents/templates/*.html.j2",
+            "resources/documents/static/*.css",
         ]
     },
     python_requires=">=3.11,<3.14",
@@ -34,6 +36,9 @@ setup(
         "click>=8.1,<9",
         "tqdm>=4.66,<5",
         "tzdata>=2024.1",
+        # PDFs: WeasyPrint renders Jinja2 templates (resources/renderer.py, DESIGN.md).
+        "weasyprint>=70,<71",
+        "jinja2>=3.1.4,<4",
     ],
     extras_require={
         # A local Stripe for the demo and the tests (never in production): scripts/setup.sh
@@ -45,6 +50,7 @@ setup(
             "pytest-xdist>=3.5,<4",
             "hypothesis>=6.100,<7",
             "aiosmtpd>=1.4.6,<2",
+            "pypdf>=5,<8",
             "ruff==0.17.6",
             "mypy==2.4.1",
             "types-jsonschema==4.26.0.20261006",
