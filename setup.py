@@ -5,6 +5,7 @@ from setuptools import find_packages, setup
 DAGSTER = "1.13.27"
 DAGSTER_LIBS = "0.29.27"
 LOCALSTRIPE = "localstripe==1.15.10"
+AIOSMTPD = "aiosmtpd>=1.4.6,<2"
 
 setup(
     name="billing_pipeline",
@@ -44,12 +45,14 @@ setup(
         # A local Stripe for the demo and the tests (never in production): scripts/setup.sh
         # installs the test extra, which includes it.
         "localstripe": [LOCALSTRIPE],
+        # The demo: a local Stripe and a local SMTP sink that keeps the emails as .eml files.
+        "demo": [LOCALSTRIPE, AIOSMTPD],
         "test": [
             LOCALSTRIPE,
             "pytest>=8,<10",
             "pytest-xdist>=3.5,<4",
             "hypothesis>=6.100,<7",
-            "aiosmtpd>=1.4.6,<2",
+            AIOSMTPD,
             "pypdf>=5,<8",
             "ruff==0.17.6",
             "mypy==2.4.1",

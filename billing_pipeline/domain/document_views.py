@@ -154,7 +154,15 @@ def bill_view(
 
 
 def bill_number(bill_id: int) -> str:
-    return f"B-{bill_id:06d}"
+    return document_number("bill", bill_id)
+
+
+NUMBER_PREFIX = {"bill": "B", "superbill": "S", "statement": "T"}
+
+
+def document_number(kind: str, document_id: int) -> str:
+    """The number printed on a document: B-000042 (bill), S-... (superbill), T-... (statement)."""
+    return f"{NUMBER_PREFIX[kind]}-{document_id:06d}"
 
 
 @dataclass(frozen=True)
@@ -245,7 +253,7 @@ def superbill_view(
         practice=practice,
         provider=provider,
         client=client,
-        number=f"S-{superbill_id:06d}",
+        number=document_number("superbill", superbill_id),
         month=month_label(month),
         issued=us_date(issued_day),
         diagnoses=diagnoses,
@@ -314,7 +322,7 @@ def statement_view(
     return StatementView(
         practice=practice,
         client=client,
-        number=f"T-{statement_id:06d}",
+        number=document_number("statement", statement_id),
         month=month_label(month),
         issued=us_date(issued_day),
         opening_balance=dollars(opening_balance_cents),

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import struct
 import sys
-from pathlib import Path
 
 from weasyprint import CSS, HTML
 from weasyprint.urls import FatalURLFetchingError, URLFetcher, URLFetcherResponse
 
-ASSETS = Path(__file__).with_name("documents")
+from billing_pipeline.resources.documents_assets import ASSETS
+
 ASSET_SCHEME = "billing-assets"
 STYLESHEET_URL = f"{ASSET_SCHEME}:/static/documents.css"
 # The only URLs a document may load, each mapped to a file shipped in the package.

@@ -28,9 +28,9 @@ from pydantic import Field
 
 from billing_pipeline.domain.document_views import DocumentView
 from billing_pipeline.errors import SafeMessageError
-from billing_pipeline.resources import pdf_worker
+from billing_pipeline.resources.documents_assets import ASSETS
 
-TEMPLATES = pdf_worker.ASSETS / "templates"
+TEMPLATES = ASSETS / "templates"
 TITLES = {"bill": "Bill", "superbill": "Superbill", "statement": "Statement"}
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,9 @@ def environment() -> Environment:
 def template_version() -> str:
     """A digest of the templates and the stylesheet: a new layout is a new document."""
     digest = hashlib.sha256()
-    for path in sorted(pdf_worker.ASSETS.rglob("*")):
+    for path in sorted(ASSETS.rglob("*")):
         if path.is_file():
-            digest.update(path.relative_to(pdf_worker.ASSETS).as_posix().encode())
+            digest.update(path.relative_to(ASSETS).as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

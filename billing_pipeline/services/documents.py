@@ -9,11 +9,14 @@ run, and the stored PDF is the same content either way).
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import Engine
 
 from billing_pipeline.db import documents as q
+from billing_pipeline.domain.document_views import document_number, export_file_name
 from billing_pipeline.resources.renderer import DocumentRenderer
 
 
@@ -53,3 +56,37 @@ def render_share(
 def pdf_of(engine: Engine, stored: q.StoredDocument) -> bytes:
     with engine.connect() as conn:
         return q.pdf_bytes(conn, stored.sha256)
+
+
+def export_documents(
+    engine: Engine,
+    renderer: DocumentRenderer,
+    directory: Path,
+    client_id: str | None = None,
+    month: str | None = None,
+) -> list[Path]:
+    """Write the PDFs of every bill, superbill and statement (of one client, of one month) into
+    `directory` for people to read, each as it was shared (else as it stands now), named by
+    practice, kind, client id, date and number. Readable by the owner only: they hold PHI."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with engine.connect() as conn:
+        items = q.documents_for_export(conn, client_id, month)
+    written = []
+    for item in items:
+        stored = render_document(engine, renderer, item.document_type, item.document_id, item.as_of)
+        if item.share_id is not None:
+            with engine.begin() as conn:
+                q.attach_pdf(conn, item.share_id, stored.sha256)
+        name = export_file_name(
+            item.practice_name,
+            item.document_type,
+            item.client_id,
+            item.day,
+            document_number(item.document_type, item.document_id),
+        )
+        path = directory / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(pdf_of(engine, stored))
+        written.append(path)
+    return written

@@ -243,3 +243,36 @@ def test_the_canary_test_would_catch_an_unsafe_setup(canary: Path) -> None:
     assert CANARY_TEXT.encode() in _all_bytes_of(pdf) or any(
         CANARY_TEXT.encode() in b"".join(v) for v in PdfReader(io.BytesIO(pdf)).attachments.values()
     )
+
+
+def test_documents_export_writes_named_pdfs_for_people_filtered_by_client_and_month(
+    database_url: str, engine: Engine, data: DocumentsData, tmp_path: Path
+) -> None:
+    from tests.contract.runner import cli_in_process
+
+    env = {"BILLING_DATABASE_URL": database_url, "BILLING_DATA_DIR": str(tmp_path / "data")}
+    out = tmp_path / "lily"
+    done = cli_in_process(env, "documents", "export", str(out), "--client", "cl-docs-lily")
+    assert done.returncode == 0, done.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        [
+            f"Harbor-Family-Therapy_bill_cl-docs-lily_2026-10-06_B-{data.bill_id:06d}.pdf",
+            f"Harbor-Family-Therapy_bill_cl-docs-lily_2026-10-13_B-{data.bill_id + 1:06d}.pdf",
+            f"Harbor-Family-Therapy_superbill_cl-docs-lily_2026-11-01_S-{data.superbill_id:06d}.pdf",
+            f"Harbor-Family-Therapy_statement_cl-docs-lily_2026-11-01_T-{data.statement_id:06d}.pdf",
+        ]
+    )
+    paid = out / names[0]
+    assert (paid.stat().st_mode & 0o777) == 0o600
+    assert_shows(paid.read_bytes(), "Status PAID")
+
+    october = tmp_path / "october"
+    done = cli_in_process(env, "documents", "export", str(october), "--month", "2026-10")
+    assert done.returncode == 0, done.stderr
+    # Four October bills, three superbills and one statement covering October.
+    assert len(list(october.iterdir())) == 8
+    assert (
+        cli_in_process(env, "documents", "export", str(october), "--month", "10/2026").returncode
+        == 2
+    )
