@@ -107,11 +107,11 @@ class _Worker:
 
     def render(self, html: str, timeout_seconds: float) -> bytes:
         assert self.process.stdin is not None
-        # The first render waits for the worker's start-up (imports, fonts) as well.
-        deadline = time.monotonic() + timeout_seconds + (0 if self.ready else STARTUP_SECONDS)
         if not self.ready:
-            self.read(1, deadline)
+            # The worker's start-up (imports, fonts) has a limit of its own.
+            self.read(1, time.monotonic() + STARTUP_SECONDS)
             self.ready = True
+        deadline = time.monotonic() + timeout_seconds
         body = html.encode()
         self.process.stdin.write(struct.pack(">I", len(body)) + body)
         self.process.stdin.flush()

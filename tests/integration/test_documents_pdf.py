@@ -276,3 +276,16 @@ def test_documents_export_writes_named_pdfs_for_people_filtered_by_client_and_mo
         cli_in_process(env, "documents", "export", str(october), "--month", "10/2026").returncode
         == 2
     )
+
+
+def test_a_render_past_its_timeout_is_stopped_and_the_next_one_works(
+    engine: Engine, data: DocumentsData
+) -> None:
+    from billing_pipeline.db.documents import document_view
+    from billing_pipeline.resources.renderer import RenderTimeout
+
+    with engine.connect() as conn:
+        view = document_view(conn, "superbill", data.superbill_id, AFTER_PAYMENT)
+    with pytest.raises(RenderTimeout, match=r"rendering superbill S-\d{6} took longer than"):
+        DocumentRenderer(timeout_seconds=0.001).render(view)
+    assert_shows(DocumentRenderer().render(view), "Total charges $355.00")
