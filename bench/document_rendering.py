@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import statistics
 import tempfile
 import time
@@ -95,18 +96,31 @@ def _worker(mode: str, n: int, index: int, processes: int, barrier: Barrier, out
             HTML(string=htmls[id(view)]).write_pdf(stylesheets=[css])
 
     barrier.wait()
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), _cpu_seconds(mode)
     for view in views:
         one(view)
-    out.put((start, time.monotonic()))
+    out.put((start, time.monotonic(), _cpu_seconds(mode) - cpu_start))
+
+
+def _cpu_seconds(mode: str) -> float:
+    """CPU time of this process, and of its render worker for `ours` (from /proc)."""
+    total = time.process_time()
+    if mode == "ours":
+        from billing_pipeline.resources.renderer import worker_pid
+
+        pid = worker_pid()
+        if pid is not None:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def view_id(view: BillView) -> int:
     return int(view.number.split("-")[1])
 
 
-def run(mode: str, n: int, processes: int) -> float:
-    """PDFs per second for `n` bills over `processes` processes."""
+def run(mode: str, n: int, processes: int) -> tuple[float, float]:
+    """PDFs per second (wall) and per CPU second for `n` bills over `processes` processes."""
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(processes)
     out = ctx.Queue()
@@ -119,8 +133,8 @@ def run(mode: str, n: int, processes: int) -> float:
     spans = [out.get(timeout=3600) for _ in procs]
     for p in procs:
         p.join()
-    wall = max(end for _s, end in spans) - min(start for start, _e in spans)
-    return n / wall
+    wall = max(end for _s, end, _c in spans) - min(start for start, _e, _c in spans)
+    return n / wall, n / sum(cpu for _s, _e, cpu in spans)
 
 
 def main() -> None:
@@ -130,12 +144,18 @@ def main() -> None:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     rates: dict[tuple[str, int], list[float]] = {}
+    per_cpu: dict[tuple[str, int], list[float]] = {}
     for _ in range(args.runs):
         for processes in args.processes:
             for mode in ("raw", "ours"):
-                rate = run(mode, args.bills, processes)
+                rate, cpu_rate = run(mode, args.bills, processes)
                 rates.setdefault((mode, processes), []).append(rate)
-                print(f"  {mode:4s} {processes} process(es): {rate:6.2f} PDFs/s", flush=True)
+                per_cpu.setdefault((mode, processes), []).append(cpu_rate)
+                print(
+                    f"  {mode:4s} {processes} process(es): {rate:6.2f} PDFs/s wall, "
+                    f"{cpu_rate:6.2f} PDFs per CPU second",
+                    flush=True,
+                )
     print(f"\n{args.bills} bills per run, median of {args.runs} runs (alternating)")
     med = {k: statistics.median(v) for k, v in rates.items()}
     for (mode, processes), values in sorted(rates.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -143,9 +163,15 @@ def main() -> None:
         print(
             f"{mode:4s} x{processes}   median {med[(mode, processes)]:6.2f} PDFs/s   runs: {shown}"
         )
+    cpu_med = {k: statistics.median(v) for k, v in per_cpu.items()}
     for processes in args.processes:
         ours, raw = med[("ours", processes)], med[("raw", processes)]
-        print(f"ours / raw with {processes} process(es): {ours / raw:.1%}")
+        ours_cpu, raw_cpu = cpu_med[("ours", processes)], cpu_med[("raw", processes)]
+        print(
+            f"ours / raw with {processes} process(es): {ours / raw:.1%} wall, "
+            f"{ours_cpu / raw_cpu:.1%} per CPU second "
+            f"(ours {ours_cpu:.2f}, raw {raw_cpu:.2f} PDFs per CPU second)"
+        )
     if 1 in args.processes:
         for processes in args.processes:
             if processes > 1:

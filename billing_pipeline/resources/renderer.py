@@ -147,6 +147,12 @@ def _worker() -> _Worker:
         return worker
 
 
+def worker_pid() -> int | None:
+    """The process id of this process's render worker, if one runs (for the bench)."""
+    worker = _workers.get(os.getpid())
+    return worker.process.pid if worker is not None else None
+
+
 def html_to_pdf(html: str, timeout_seconds: float, what: str) -> bytes:
     """The PDF of `html`, made in the worker; RenderTimeout (naming `what`, never a person)
     when it takes longer than `timeout_seconds`, and the worker is replaced."""
