@@ -231,3 +231,42 @@ def test_two_delivery_runs_at_once_send_each_message_once(
         ids = [msg["Message-ID"] for msg in server.sink.parsed()]
     assert len(ids) == 4 and len(set(ids)) == 4
     assert sum(int(r.output_for_node("share_due_documents")) for r in results) == 5
+
+
+def test_the_demo_sink_keeps_each_message_as_an_eml_file(tmp_path: Path) -> None:
+    from billing_pipeline.domain.notifications import notification
+    from billing_pipeline.smtp_sink import SmtpSink
+
+    with SmtpSink(tmp_path / "emails") as sink:
+        Notifier(smtp_host="127.0.0.1", smtp_port=sink.port).send(
+            "someone@example.test",
+            "Harbor Family Therapy",
+            notification("Harbor Family Therapy", "bill", "https://portal.example.invalid/d/1"),
+            "<delivery-7.abc@billing-pipeline.invalid>",
+        )
+    [eml] = (tmp_path / "emails").iterdir()
+    assert eml.name == "0001-delivery-7.eml"
+    message = message_from_bytes(eml.read_bytes())
+    assert message["Subject"] == "Harbor Family Therapy: a new document in your client portal"
+
+
+def test_a_server_that_never_answers_fails_the_send_within_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from billing_pipeline.domain.notifications import notification
+    from billing_pipeline.resources.notifier import EmailNotSent
+
+    monkeypatch.setenv("BILLING_SMTP_TIMEOUT_SECONDS", "0.5")
+    with socket.socket() as silent:  # accepts connections (the backlog) and never greets
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(EmailNotSent, match=r"^SMTP 127\.0\.0\.1:\d+ \(none\): "):
+            Notifier(smtp_host="127.0.0.1", smtp_port=port).send(
+                "someone@example.test",
+                "Harbor",
+                notification("Harbor", "bill", "https://portal.example.invalid/d/1"),
+                "<delivery-1.x@billing-pipeline.invalid>",
+            )
+        assert time.monotonic() - started < 5
