@@ -15,12 +15,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import dagster as dg
 import pytest
 from pypdf import PdfReader
 from sqlalchemy import Engine, func, select
 
+from billing_pipeline.checks.documents import superbills_have_required_fields
 from billing_pipeline.db import models as m
 from billing_pipeline.db.report import build_report
+from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.renderer import DocumentRenderer
 from billing_pipeline.services.documents import pdf_of, render_document
 from tests.documents_data import DocumentsData, write_practice
@@ -153,7 +156,7 @@ def test_a_superbill_has_every_cms1500_field_an_insurer_needs(
 
 
 def test_an_incomplete_superbill_is_made_marked_and_listed_for_staff(
-    engine: Engine, data: DocumentsData
+    database_url: str, engine: Engine, data: DocumentsData
 ) -> None:
     pdf = render(engine, "superbill", data.incomplete_superbill_id)
     assert_shows(
@@ -176,6 +179,16 @@ def test_an_incomplete_superbill_is_made_marked_and_listed_for_staff(
             "missing": ["client date of birth", "diagnosis (ICD-10)"],
             "message": f"superbill-{data.incomplete_superbill_id} (2026-10) lacks client date "
             "of birth, diagnosis (ICD-10): it was made and marked incomplete",
+        }
+    ]
+    check = superbills_have_required_fields(db=BillingDatabase(url=database_url))
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["incomplete_superbills"].value == [
+        {
+            "superbill_id": f"superbill-{data.incomplete_superbill_id}",
+            "client_id": "cl-docs-noah",
+            "month": "2026-10",
+            "missing": ["client date of birth", "diagnosis (ICD-10)"],
         }
     ]
 
@@ -289,3 +302,27 @@ def test_a_render_past_its_timeout_is_stopped_and_the_next_one_works(
     with pytest.raises(RenderTimeout, match=r"rendering superbill S-\d{6} took longer than"):
         DocumentRenderer(timeout_seconds=0.001).render(view)
     assert_shows(DocumentRenderer().render(view), "Total charges $355.00")
+
+
+def test_the_superbill_check_passes_once_staff_complete_the_data(
+    database_url: str, engine: Engine, data: DocumentsData
+) -> None:
+    from datetime import date
+
+    from sqlalchemy import insert, update
+
+    with engine.begin() as conn:
+        conn.execute(
+            update(m.Client)
+            .where(m.Client.id == "cl-docs-noah")
+            .values(date_of_birth=date(1985, 1, 2))
+        )
+        conn.execute(
+            insert(m.Diagnosis).values(client_id="cl-docs-noah", position=0, icd10_code="F43.23")
+        )
+    check = superbills_have_required_fields(db=BillingDatabase(url=database_url))
+    assert check.passed
+    with engine.connect() as conn:
+        assert not [
+            w for w in build_report(conn)["warnings"] if w["code"] == "superbill_incomplete"
+        ]
