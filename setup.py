@@ -5,6 +5,7 @@ from setuptools import find_packages, setup
 DAGSTER = "1.13.27"
 DAGSTER_LIBS = "0.29.27"
 LOCALSTRIPE = "localstripe==1.15.10"
+AIOSMTPD = "aiosmtpd>=1.4.6,<2"
 
 setup(
     name="billing_pipeline",
@@ -17,6 +18,8 @@ setup(
             "db/migrations/versions/*.py",
             "db/migrations/script.py.mako",
             "scenario/schema.json",
+            "resources/documents/templates/*.html.j2",
+            "resources/documents/static/*.css",
         ]
     },
     python_requires=">=3.11,<3.14",
@@ -34,17 +37,23 @@ setup(
         "click>=8.1,<9",
         "tqdm>=4.66,<5",
         "tzdata>=2024.1",
+        # PDFs: WeasyPrint renders Jinja2 templates (resources/renderer.py, DESIGN.md).
+        "weasyprint>=70,<71",
+        "jinja2>=3.1.4,<4",
     ],
     extras_require={
         # A local Stripe for the demo and the tests (never in production): scripts/setup.sh
         # installs the test extra, which includes it.
         "localstripe": [LOCALSTRIPE],
+        # The demo: a local Stripe and a local SMTP sink that keeps the emails as .eml files.
+        "demo": [LOCALSTRIPE, AIOSMTPD],
         "test": [
             LOCALSTRIPE,
             "pytest>=8,<10",
             "pytest-xdist>=3.5,<4",
             "hypothesis>=6.100,<7",
-            "aiosmtpd>=1.4.6,<2",
+            AIOSMTPD,
+            "pypdf>=5,<8",
             "ruff==0.17.6",
             "mypy==2.4.1",
             "types-jsonschema==4.26.0.20261006",

@@ -212,6 +212,29 @@ def explain_cmd(client_id: str, night: str | None) -> None:
     click.echo(text)
 
 
+@main.group()
+def documents() -> None:
+    """PDFs of the bills, superbills and statements the automation made."""
+
+
+@documents.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--client", "client_id", default=None, help="Only this client's documents.")
+@click.option("--month", default=None, help="Only this month's (YYYY-MM).")
+def documents_export(directory: Path, client_id: str | None, month: str | None) -> None:
+    """Write the PDFs into DIRECTORY, named by practice, kind, client id and date: each as it
+    was shared (a bill paid by then says PAID), else as it stands now."""
+    import re
+
+    from billing_pipeline.resources.renderer import DocumentRenderer
+    from billing_pipeline.services.documents import export_documents
+
+    if month is not None and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
+        raise BadInput(f"--month {month[:20]!r} is not a month (YYYY-MM)")
+    written = export_documents(_engine(), DocumentRenderer(), directory, client_id, month)
+    click.echo(f"wrote {len(written)} PDF(s) to {directory}")
+
+
 @main.command("demo")
 @click.option("--keep", is_flag=True, help="Keep the previous demo data instead of starting over.")
 def demo_cmd(keep: bool) -> None:

@@ -99,3 +99,47 @@ def seconds_setting(name: str, default: float) -> float:
 def format_seconds(seconds: float) -> str:
     """15.0 -> '15', 2.5 -> '2.5' (to the millisecond, as the server is told)."""
     return f"{seconds:.3f}".rstrip("0").rstrip(".")
+
+
+SMTP_TLS_MODES = ("none", "starttls", "ssl")
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """Where notification emails go. An empty host means no email is sent (the deliveries'
+    emails wait, pending, until one is set)."""
+
+    host: str = ""
+    port: int = 25
+    user: str = ""
+    password: str = ""
+    tls: str = "none"
+    sender: str = "billing@localhost"
+    timeout_seconds: float = 10.0
+
+    def describe(self) -> str:
+        """Host, port and TLS mode: never the user or the password."""
+        return f"{self.host}:{self.port} ({self.tls})"
+
+
+def smtp_settings() -> SmtpSettings:
+    """BILLING_SMTP_HOST, _PORT, _USER, _PASSWORD, _TLS (none | starttls | ssl), _FROM and
+    _TIMEOUT_SECONDS, read when an email is about to be sent (never at import)."""
+    tls = os.environ.get("BILLING_SMTP_TLS", "").strip().lower() or "none"
+    if tls not in SMTP_TLS_MODES:
+        raise SettingError(
+            f"BILLING_SMTP_TLS={tls[:20]!r} is not one of {', '.join(SMTP_TLS_MODES)}"
+        )
+    raw_port = os.environ.get("BILLING_SMTP_PORT", "").strip()
+    default_port = {"none": 25, "starttls": 587, "ssl": 465}[tls]
+    if raw_port and not (raw_port.isdigit() and 0 < int(raw_port) < 65536):
+        raise SettingError(f"BILLING_SMTP_PORT={raw_port[:20]!r} is not a port number")
+    return SmtpSettings(
+        host=os.environ.get("BILLING_SMTP_HOST", "").strip(),
+        port=int(raw_port) if raw_port else default_port,
+        user=os.environ.get("BILLING_SMTP_USER", ""),
+        password=os.environ.get("BILLING_SMTP_PASSWORD", ""),
+        tls=tls,
+        sender=os.environ.get("BILLING_SMTP_FROM", "").strip() or "billing@localhost",
+        timeout_seconds=seconds_setting("BILLING_SMTP_TIMEOUT_SECONDS", 10.0),
+    )

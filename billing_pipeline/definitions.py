@@ -3,6 +3,7 @@
 import dagster as dg
 
 from billing_pipeline.assets.chain import NIGHT_CHAIN
+from billing_pipeline.checks.documents import DOCUMENT_CHECKS
 from billing_pipeline.jobs import (
     autopay_job,
     deliver_documents_job,
@@ -13,6 +14,7 @@ from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.notifier import Notifier
 from billing_pipeline.resources.payments import Payments
+from billing_pipeline.resources.renderer import DocumentRenderer
 from billing_pipeline.schedules import (
     autopay_schedule,
     deliver_due_documents,
@@ -21,6 +23,7 @@ from billing_pipeline.schedules import (
 
 defs = dg.Definitions(
     assets=list(NIGHT_CHAIN),
+    asset_checks=DOCUMENT_CHECKS,
     jobs=[nightly_billing_job, autopay_job, nightly_chain_job, deliver_documents_job],
     schedules=[nightly_billing_schedule, autopay_schedule],
     sensors=[deliver_due_documents],
@@ -32,5 +35,6 @@ defs = dg.Definitions(
         "clock": Clock(),
         "payments": Payments(api_key=dg.EnvVar("STRIPE_API_KEY")),
         "notifier": Notifier(),
+        "renderer": DocumentRenderer(),
     },
 )

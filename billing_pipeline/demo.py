@@ -272,8 +272,11 @@ def run_demo(fresh: bool = True) -> int:
     from billing_pipeline.db.engine import dispose_engines, get_engine, upgrade
     from billing_pipeline.localstripe_server import LocalStripe
     from billing_pipeline.resources.payments import Payments
+    from billing_pipeline.resources.renderer import DocumentRenderer
     from billing_pipeline.scenario.load import load_scenario
+    from billing_pipeline.services.documents import export_documents
     from billing_pipeline.simulate import dagster_instance, simulate
+    from billing_pipeline.smtp_sink import SmtpSink
 
     started = time.monotonic()
     folder = data_dir() / "demo"
@@ -293,8 +296,13 @@ def run_demo(fresh: bool = True) -> int:
     scenario_path = folder / "scenario.json"
     scenario_path.write_text(json.dumps(demo_scenario(first, last), indent=1))
 
-    with LocalStripe() as stripe_server:
+    emails = folder / "emails"
+    with LocalStripe() as stripe_server, SmtpSink(emails) as smtp_sink:
         os.environ["STRIPE_API_BASE"] = stripe_server.url
+        # The delivery runs send their notification emails here (.eml files in emails/).
+        os.environ["BILLING_SMTP_HOST"] = "127.0.0.1"
+        os.environ["BILLING_SMTP_PORT"] = str(smtp_sink.port)
+        os.environ["BILLING_SMTP_TLS"] = "none"
         engine = get_engine(db_url)
         upgrade(engine)
         summary = load_scenario(
@@ -315,6 +323,14 @@ def run_demo(fresh: bool = True) -> int:
                     return 1
     for line in _summary(engine):
         click.echo("  " + line)
+    # The simulation shares without rendering (nobody reads it as it runs): the PDFs are
+    # rendered now, each as it was shared, and kept in the database once per content too.
+    pdf_folder = folder / "documents"
+    click.echo("Rendering the documents (WeasyPrint)...")
+    pdfs = export_documents(engine, DocumentRenderer(), pdf_folder)
+    n_emails = len(list(emails.glob("*.eml")))
+    click.echo(f"  PDFs:        {len(pdfs)} in {pdf_folder}")
+    click.echo(f"  Emails:      {n_emails} notification emails (.eml) in {emails}")
     dispose_engines()
     root = Path(__file__).resolve().parents[1]
     click.echo(

@@ -22,6 +22,9 @@ from billing_pipeline.db.deliveries import (
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.notifier import Notifier
+from billing_pipeline.resources.renderer import DocumentRenderer
+from billing_pipeline.services.documents import render_share
+from billing_pipeline.services.emails import send_due_emails
 
 nightly_billing_job = dg.define_asset_job(
     "nightly_billing_job",
@@ -50,14 +53,38 @@ nightly_chain_job = dg.define_asset_job(
 DELIVERY_BATCH = 5000
 
 
+def _render(
+    context: dg.OpExecutionContext,
+    db: BillingDatabase,
+    renderer: DocumentRenderer,
+    delivery_id: int,
+    revision: int,
+) -> None:
+    """The share is made whatever happens here: a PDF that could not be rendered now is
+    rendered, as it stood when shared, when it is first asked for."""
+    try:
+        render_share(db.engine, renderer, delivery_id, revision)
+    except Exception as exc:  # reported by type: a message could quote a client
+        context.log.warning(
+            f"delivery {delivery_id}: its PDF was not rendered ({type(exc).__name__}); "
+            "it will be rendered when asked for"
+        )
+
+
 @dg.op
 def share_due_documents(
-    context: dg.OpExecutionContext, db: BillingDatabase, clock: Clock, notifier: Notifier
+    context: dg.OpExecutionContext,
+    db: BillingDatabase,
+    clock: Clock,
+    notifier: Notifier,
+    renderer: DocumentRenderer,
 ) -> dg.Output[int]:
     """Share every document whose time has come, once: the delivery row is updated only while
     still undelivered, so a second run finds it done. A bill is shared as it stands then, and
     not while an AutoPay attempt on it is in flight (up to the notifier's wait); a bill shared
-    before its outcome was known is shared again once paid."""
+    before its outcome was known is shared again once paid. Each share's PDF is rendered as
+    it stood (when the renderer renders at the share), and each first share's notification
+    email is sent once (a failed one waits for a later run)."""
     wait = notifier.outcome_wait()
     with db.engine.connect() as conn:
         due = due_deliveries(conn, clock.now_for, limit=DELIVERY_BATCH, outcome_wait=wait)
@@ -75,7 +102,10 @@ def share_due_documents(
                 notifier.share(conn, d, t, bill_status=status)
             return done
 
-        shared += db.transact(write)
+        if db.transact(write):
+            shared += 1
+            if renderer.render_on_share:
+                _render(context, db, renderer, delivery.id, 0)
     reshared = 0
     for reshare in reshares:
         now = datetime.now(UTC)
@@ -86,12 +116,33 @@ def share_due_documents(
                 notifier.share(conn, r.delivery, t, revision=1, bill_status=r.bill_status)
             return done
 
-        reshared += db.transact(write_again)
+        if db.transact(write_again):
+            reshared += 1
+            if renderer.render_on_share:
+                _render(context, db, renderer, reshare.delivery.id, 1)
+    emails = send_due_emails(db, notifier)
     context.log.info(
         f"shared {shared} of {len(due)} due documents; shared {reshared} bill(s) again now "
-        "that AutoPay settled them"
+        f"that AutoPay settled them; emails: {emails.sent} sent, {emails.failed_will_retry} "
+        f"to retry, {emails.failed_for_good} failed, {emails.no_address} without an address"
+        + (
+            "; no SMTP host is set (BILLING_SMTP_HOST): emails wait"
+            if emails.smtp_not_configured
+            else ""
+        )
     )
-    return dg.Output(shared, metadata={"due": len(due), "shared": shared, "shared_again": reshared})
+    return dg.Output(
+        shared,
+        metadata={
+            "due": len(due),
+            "shared": shared,
+            "shared_again": reshared,
+            "emails_sent": emails.sent,
+            "emails_to_retry": emails.failed_will_retry,
+            "emails_failed": emails.failed_for_good,
+            "emails_without_address": emails.no_address,
+        },
+    )
 
 
 @dg.job(executor_def=dg.in_process_executor)

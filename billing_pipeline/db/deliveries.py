@@ -228,3 +228,10 @@ def record_share(
                 shared_at=shared_at,
             )
         )
+    if revision == 0:
+        # The delivery's one notification email, sent by db/emails.py's claim (never twice).
+        conn.execute(
+            update(m.Delivery)
+            .where(and_(m.Delivery.id == delivery.id, m.Delivery.email_status.is_(None)))
+            .values(email_status="pending")
+        )

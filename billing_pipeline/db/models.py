@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -378,17 +379,35 @@ class Statement(MonthlyDocumentColumns, Base):
     open_balance_cents: Mapped[int] = mapped_column(Integer, sort_order=1)
 
 
+class DocumentFile(Base):
+    """A rendered PDF, stored once by the SHA-256 of its bytes (content-addressed)."""
+
+    __tablename__ = "document_files"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    byte_size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class Document(Base):
-    """A rendered file of a bill, superbill or statement (rendered when shared or asked for)."""
+    """A rendering of a bill, superbill or statement: one per distinct content (`content_key`
+    digests everything the document shows and the templates' version), so a document is
+    rendered once per content; a bill paid after it was first shared has a second one."""
 
     __tablename__ = "documents"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     document_type: Mapped[str] = mapped_column(String(16))
     document_id: Mapped[int] = mapped_column(Integer)
-    content_sha256: Mapped[str] = mapped_column(String(64))
+    content_key: Mapped[str] = mapped_column(String(64))
+    content_sha256: Mapped[str] = mapped_column(ForeignKey("document_files.sha256"))
     byte_size: Mapped[int] = mapped_column(Integer)
+    # Superbills: the required fields it lacks, comma-separated (empty when complete).
+    missing_fields: Mapped[str] = mapped_column(String(400), default="", server_default="")
     rendered_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    __table_args__ = (UniqueConstraint("document_type", "document_id"),)
+    __table_args__ = (
+        UniqueConstraint("document_type", "document_id", "content_key"),
+        CheckConstraint("document_type IN ('bill','superbill','statement')", name="type"),
+    )
 
 
 class Delivery(Base):
@@ -414,8 +433,19 @@ class Delivery(Base):
     )
     reshare_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     reshared_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The notification email (sent once the portal share is made): pending until an SMTP
+    # server accepts it; a failure is retried with backoff (real time) and after the
+    # notifier's limit the email is `failed` and shown to staff. No address: `no_address`.
+    email_status: Mapped[str | None] = mapped_column(String(16))
+    email_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    email_next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    email_last_error: Mapped[str | None] = mapped_column(String(200))
+    email_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     __table_args__ = (
         UniqueConstraint("document_type", "document_id"),
+        CheckConstraint(
+            "email_status IN ('pending','sent','failed','no_address')", name="email_status"
+        ),
         CheckConstraint("document_type IN ('bill','superbill','statement')", name="type"),
         CheckConstraint("recipient IN ('client','billing_contact')", name="recipient"),
     )
@@ -436,6 +466,9 @@ class PortalShare(Base):
     document_type: Mapped[str] = mapped_column(String(16))
     document_id: Mapped[int] = mapped_column(Integer)
     shared_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The PDF shared (document_files.sha256), once rendered: at the share, or when first
+    # asked for where rendering at the share is off (simulations).
+    content_sha256: Mapped[str | None] = mapped_column(ForeignKey("document_files.sha256"))
     __table_args__ = (UniqueConstraint("delivery_id", "revision"),)
 
 

@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from billing_pipeline.db import models as m
+from billing_pipeline.db.documents import incomplete_superbills
+from billing_pipeline.db.emails import email_problems
 from billing_pipeline.db.store import list_accounts, load_practice
 from billing_pipeline.domain.calendar import to_utc_iso
 from billing_pipeline.domain.settings import settings_warnings
@@ -122,5 +124,31 @@ def _warnings(conn: Connection) -> list[dict[str, Any]]:
             "message": f"delivery {r.id} waits for its night's AutoPay to run",
         }
         for r in pending
+    )
+    out.extend(
+        {
+            "code": "superbill_incomplete",
+            "client_id": s.client_id,
+            "superbill_id": f"superbill-{s.superbill_id}",
+            "month": s.month,
+            "missing": list(s.missing),
+            "message": f"superbill-{s.superbill_id} ({s.month}) lacks "
+            f"{', '.join(s.missing)}: it was made and marked incomplete",
+        }
+        for s in incomplete_superbills(conn)
+    )
+    out.extend(
+        {
+            "code": "notification_email_" + p.status,
+            "client_id": p.client_id,
+            "delivery_id": p.delivery_id,
+            "message": (
+                f"delivery {p.delivery_id}: the notification email failed after "
+                f"{p.attempts} attempts ({p.last_error})"
+                if p.status == "failed"
+                else f"delivery {p.delivery_id}: no email address for the recipient"
+            ),
+        }
+        for p in email_problems(conn)
     )
     return out

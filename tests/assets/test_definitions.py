@@ -121,7 +121,7 @@ def test_every_nightly_asset_is_a_service_date_with_single_run_backfills() -> No
 
 def test_every_resource_needed_is_bound() -> None:
     bound = set(defs.resources or {})
-    assert bound == {"db", "clock", "payments", "notifier"}
+    assert bound == {"db", "clock", "payments", "notifier", "renderer"}
     for assets_def in asset_graph().assets_defs:
         needed = set(assets_def.required_resource_keys) - DAGSTER_DEFAULTS
         names = sorted(k.to_user_string() for k in assets_def.keys)

@@ -23,6 +23,7 @@ from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.notifier import Notifier
 from billing_pipeline.resources.payments import Payments
+from billing_pipeline.resources.renderer import DocumentRenderer
 from billing_pipeline.scenario.load import load_scenario
 from tests.conftest import CONTRACT
 
@@ -91,6 +92,7 @@ def test_a_bill_waits_for_its_attempt_in_flight_then_goes_as_it_stands_and_again
                 "db": db,
                 "clock": clock,
                 "notifier": Notifier(outcome_wait_minutes=wait_minutes),
+                "renderer": DocumentRenderer(),
             },
         )
         assert result.success
@@ -174,7 +176,13 @@ def test_a_bill_held_for_autopay_is_shared_once_autopay_ran_even_if_the_queue_st
         assert due_deliveries(conn, clock.now_for) == []
     _materialize([autopay_attempts], resources, instance)
     shared = deliver_documents_job.execute_in_process(
-        instance=instance, resources={"db": db, "clock": clock, "notifier": Notifier()}
+        instance=instance,
+        resources={
+            "db": db,
+            "clock": clock,
+            "notifier": Notifier(),
+            "renderer": DocumentRenderer(),
+        },
     )
     assert shared.output_for_node("share_due_documents") == 1
     with engine.connect() as conn:

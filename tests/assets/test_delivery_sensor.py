@@ -3,6 +3,7 @@ public scenario whose night is built by the real assets (logical clock)."""
 
 from __future__ import annotations
 
+import io
 from datetime import datetime
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from dagster._core.remote_origin import (
 )
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.utils import make_new_run_id
+from pypdf import PdfReader
 from sqlalchemy import Engine, select
 
 from billing_pipeline.assets.autopay import autopay_attempts
@@ -30,6 +32,7 @@ from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.notifier import Notifier
 from billing_pipeline.resources.payments import Payments
+from billing_pipeline.resources.renderer import DocumentRenderer
 from billing_pipeline.scenario.load import load_scenario
 from billing_pipeline.schedules import deliver_due_documents
 from tests.conftest import CONTRACT
@@ -138,6 +141,7 @@ def test_sensor_follows_a_night_from_nothing_due_to_delivered(world) -> None:
             "db": db,
             "clock": Clock(mode="logical", until_date="2026-10-22"),
             "notifier": Notifier(),
+            "renderer": DocumentRenderer(),
         },
         tags=request.tags,
     )
@@ -146,6 +150,15 @@ def test_sensor_follows_a_night_from_nothing_due_to_delivered(world) -> None:
     [done] = deliveries(engine)
     assert done["delivered_at"] == datetime.fromisoformat(DUE)
     assert done["bill_status_at_delivery"] == "paid"
+    # The PDF shared is the bill as it stood at delivery: AutoPay had paid it.
+    with engine.connect() as conn:
+        pdf = conn.execute(
+            select(m.DocumentFile.content).join(
+                m.PortalShare, m.PortalShare.content_sha256 == m.DocumentFile.sha256
+            )
+        ).scalar_one()
+    text = PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
+    assert "PAID" in text and "Balance due $0.00" in text
     skip = sense(instance, db, "2026-10-30")
     assert isinstance(skip, dg.SkipReason)
     assert skip.skip_message == "nothing is due"
