@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime
 from sqlalchemy import Connection, and_, insert, select, update
 
 from billing_pipeline.db import models as m
+from billing_pipeline.db.store import services_at
 from billing_pipeline.domain.calendar import local_date, month_bounds
 from billing_pipeline.domain.document_views import (
     ClientFacts,
@@ -114,35 +115,35 @@ def bill_document(conn: Connection, bill_id: int, as_of: datetime) -> DocumentVi
 def superbill_document(conn: Connection, superbill_id: int, as_of: datetime) -> DocumentView:
     sb = conn.execute(select(m.Superbill.__table__).where(m.Superbill.id == superbill_id)).one()
     practice, provider, tz = _practice(conn, sb.account_id)
-    rows = conn.execute(
+    sessions = conn.execute(
         select(
-            m.SessionService.cpt,
-            m.SessionService.units,
-            m.SessionService.fee_cents,
-            m.SessionService.modifiers,
+            m.SessionRow.id,
             m.SessionRow.starts_at,
             m.SessionRow.place_of_service,
             m.BillSession.bill_id,
         )
-        .join(m.SuperbillSession, m.SuperbillSession.session_id == m.SessionService.session_id)
-        .join(m.SessionRow, m.SessionRow.id == m.SessionService.session_id)
-        .outerjoin(m.BillSession, m.BillSession.session_id == m.SessionService.session_id)
-        .where(
-            and_(m.SuperbillSession.superbill_id == superbill_id, m.SessionService.cpt.is_not(None))
-        )
+        .join(m.SuperbillSession, m.SuperbillSession.session_id == m.SessionRow.id)
+        .outerjoin(m.BillSession, m.BillSession.session_id == m.SessionRow.id)
+        .where(m.SuperbillSession.superbill_id == superbill_id)
+        .order_by(m.SessionRow.starts_at, m.SessionRow.id)
     ).all()
-    paid = _paid_bills(conn, {r.bill_id for r in rows if r.bill_id is not None}, as_of)
+    # The services as the superbill read them at its creation (a later change does not
+    # rewrite a superbill already made).
+    in_force = services_at(conn, [r.id for r in sessions], sb.created_at)
+    paid = _paid_bills(conn, {r.bill_id for r in sessions if r.bill_id is not None}, as_of)
     services = [
         ServiceFacts(
             service_date=local_date(r.starts_at, tz),
-            cpt=r.cpt,
-            units=r.units,
-            fee_cents=r.fee_cents,
-            modifiers=r.modifiers or "",
+            cpt=service.cpt,
+            units=service.units,
+            fee_cents=service.fee_cents,
+            modifiers=",".join(service.modifiers),
             place_of_service=r.place_of_service,
             paid=r.bill_id in paid,
         )
-        for r in rows
+        for r in sessions
+        for service in in_force[r.id]
+        if service.cpt is not None
     ]
     return superbill_view(
         practice,

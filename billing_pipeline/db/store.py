@@ -292,6 +292,25 @@ def sessions_with_cpt(
     return {sid for sid, found in services.items() if any(s.billable for s in found)}
 
 
+def services_at(
+    conn: Connection, session_ids: Sequence[str], at: datetime | None = None
+) -> dict[str, tuple[Service, ...]]:
+    """Each of these sessions' services as in force at instant `at` (None: the latest): the
+    session's own rows, unless a `session_services` change in force replaced them."""
+    ids = list(session_ids)
+    services: dict[str, list[Service]] = {i: [] for i in ids}
+    for chunk_start in range(0, len(ids), 500):
+        for s in conn.execute(
+            select(m.SessionService.__table__)
+            .where(m.SessionService.session_id.in_(ids[chunk_start : chunk_start + 500]))
+            .order_by(m.SessionService.session_id, m.SessionService.position)
+        ):
+            modifiers = tuple(x for x in (s.modifiers or "").split(",") if x)
+            services[s.session_id].append(Service(s.cpt, s.units, s.fee_cents, modifiers))
+    changed = _services_in_force(conn, ids, at)
+    return {i: changed.get(i, tuple(services[i])) for i in ids}
+
+
 def load_sessions(
     conn: Connection,
     client_ids: Sequence[str],
@@ -316,17 +335,7 @@ def load_sessions(
     ).all()
     if not srows:
         return []
-    services: dict[str, list[Service]] = {r.id: [] for r in srows}
-    for chunk_start in range(0, len(srows), 500):
-        ids = [r.id for r in srows[chunk_start : chunk_start + 500]]
-        for s in conn.execute(
-            select(m.SessionService.__table__)
-            .where(m.SessionService.session_id.in_(ids))
-            .order_by(m.SessionService.session_id, m.SessionService.position)
-        ):
-            modifiers = tuple(x for x in (s.modifiers or "").split(",") if x)
-            services[s.session_id].append(Service(s.cpt, s.units, s.fee_cents, modifiers))
-    changed = _services_in_force(conn, [r.id for r in srows], at)
+    services = services_at(conn, [r.id for r in srows], at)
     return [
         Session(
             id=r.id,
@@ -335,7 +344,7 @@ def load_sessions(
             status=SessionStatus(r.status),
             source=SessionSource(r.source),
             place_of_service=r.place_of_service,
-            services=changed.get(r.id, tuple(services[r.id])),
+            services=services[r.id],
         )
         for r in srows
     ]

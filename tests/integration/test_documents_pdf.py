@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import zlib
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -23,6 +23,7 @@ from sqlalchemy import Engine, func, select
 from billing_pipeline.checks.documents import superbills_have_required_fields
 from billing_pipeline.db import models as m
 from billing_pipeline.db.report import build_report
+from billing_pipeline.db.store import NewChange, record_changes
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.renderer import DocumentRenderer
 from billing_pipeline.services.documents import pdf_of, render_document
@@ -153,6 +154,45 @@ def test_a_superbill_has_every_cms1500_field_an_insurer_needs(
         "Page 1 of 1",
     )
     assert "INCOMPLETE" not in read_text(pdf)
+
+
+def test_a_superbill_lists_the_services_in_force_at_its_creation(
+    engine: Engine, data: DocumentsData
+) -> None:
+    """Services are history (contract, "Changes over time"): the superbill made at 00:00 on
+    November 1st shows a session's services as changed before that instant, and a change
+    after it does not rewrite the document."""
+    made = datetime(2026, 11, 1, 4, tzinfo=UTC)
+
+    def services(cpt: str, fee: int) -> list[dict[str, object]]:
+        return [{"cpt": cpt, "units": 1, "fee_cents": fee, "modifiers": []}]
+
+    with engine.begin() as conn:
+        record_changes(
+            conn,
+            [
+                NewChange(
+                    "acct-docs",
+                    "session",
+                    "s-lily-1012",
+                    "services",
+                    services("90837", 18000),
+                    made - timedelta(days=1),
+                ),
+                NewChange(
+                    "acct-docs",
+                    "session",
+                    "s-lily-1012",
+                    "services",
+                    services("90832", 9000),
+                    made + timedelta(minutes=1),
+                ),
+            ],
+            recorded_at=made,
+        )
+    text = read_text(render(engine, "superbill", data.superbill_id))
+    assert "10/12/2026 02 90837 ABC 1 $180.00" in text
+    assert "90834" not in text and "90832" not in text
 
 
 def test_an_incomplete_superbill_is_made_marked_and_listed_for_staff(
