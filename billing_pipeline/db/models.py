@@ -192,6 +192,22 @@ class NightStep(Base):
     run_id: Mapped[str | None] = mapped_column(String(64))
 
 
+class NightStepTry(Base):
+    """The launches of a practice's night step by the `launch_due_nights` sensor, and the
+    last failure a run recorded for it (an error type or a message safe to show, never PHI):
+    the sensor retries with a backoff up to a bounded number of tries, the ledger shows it."""
+
+    __tablename__ = "night_step_tries"
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    night: Mapped[date] = mapped_column(Date, primary_key=True)
+    step: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tries: Mapped[int] = mapped_column(Integer, default=0)
+    last_launched_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_run_key: Mapped[str | None] = mapped_column(String(160))
+    last_error: Mapped[str | None] = mapped_column(String(300))
+    last_failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class EligibleSession(Base):
     """The sessions a night found billable (before billing them)."""
 

@@ -13,7 +13,6 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from billing_pipeline.db import models as m
 from billing_pipeline.domain.billing import BillStatus, PlannedBill
-from billing_pipeline.domain.schedule import Step
 
 
 def replace_rows(
@@ -51,23 +50,24 @@ def insert_delivery(conn: Connection, **values: Any) -> None:
 
 
 def mark_step(
-    conn: Connection, account_id: str, night: date, step: Step, at: datetime, run_id: str | None
+    conn: Connection, account_id: str, night: date, step: str, at: datetime, run_id: str | None
 ) -> None:
+    """Record that a step (or one asset of a step: `STEP_RECORDS`) did the practice's night."""
     if not step_done(conn, account_id, night, step):
         conn.execute(
             insert(m.NightStep).values(
-                account_id=account_id, night=night, step=step.value, completed_at=at, run_id=run_id
+                account_id=account_id, night=night, step=str(step), completed_at=at, run_id=run_id
             )
         )
 
 
-def step_done(conn: Connection, account_id: str, night: date, step: Step) -> bool:
+def step_done(conn: Connection, account_id: str, night: date, step: str) -> bool:
     found = conn.execute(
         select(m.NightStep.step).where(
             and_(
                 m.NightStep.account_id == account_id,
                 m.NightStep.night == night,
-                m.NightStep.step == step.value,
+                m.NightStep.step == str(step),
             )
         )
     ).first()

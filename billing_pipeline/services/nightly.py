@@ -25,7 +25,7 @@ from billing_pipeline.domain.documents import (
     superbill_month,
 )
 from billing_pipeline.domain.practice import ClientView, Practice
-from billing_pipeline.domain.schedule import Step
+from billing_pipeline.domain.schedule import STEP_RECORDS, Step
 from billing_pipeline.domain.sessions import Session, needs_cpt_flag, why_not_eligible
 from billing_pipeline.domain.settings import (
     AutopayDecision,
@@ -35,6 +35,8 @@ from billing_pipeline.domain.settings import (
 )
 
 IMPORTED_MISSING_CPT = "imported_session_missing_cpt"
+BILLS_NOT_MADE = "bills_not_made"
+SUPERBILLS, STATEMENTS = STEP_RECORDS[Step.BILLS][1:]
 
 
 @dataclass
@@ -237,8 +239,13 @@ def create_bills(
 def create_superbills(
     conn: Connection, practice: Practice, night: date, created_at: datetime
 ) -> NightFigures:
-    """On the superbill day, one superbill per client with superbills on, for last month."""
+    """On the superbill day, one superbill per client with superbills on, for last month.
+    Only once the night's bills are made (the 00:00 step goes in order), then recorded done."""
     figures = NightFigures(practice.account.id, night)
+    if not q.step_done(conn, practice.account.id, night, Step.BILLS):
+        figures.add(BILLS_NOT_MADE)
+        return figures
+    q.mark_step(conn, practice.account.id, night, SUPERBILLS, created_at, None)
     month = superbill_month(night, practice.account.superbill_day_of_month)
     if month is None:
         return figures
@@ -272,8 +279,13 @@ def create_statements(
     conn: Connection, practice: Practice, night: date, created_at: datetime
 ) -> NightFigures:
     """At 00:00 on the 1st: a statement for last month for each client with a bill or a
-    payment in it, or an open balance now (after this night's bills)."""
+    payment in it, or an open balance now (after this night's bills, which must be made: the
+    step is then recorded done)."""
     figures = NightFigures(practice.account.id, night)
+    if not q.step_done(conn, practice.account.id, night, Step.BILLS):
+        figures.add(BILLS_NOT_MADE)
+        return figures
+    q.mark_step(conn, practice.account.id, night, STATEMENTS, created_at, None)
     month = statement_month(night)
     client_ids = list(practice.clients)
     if month is None or not client_ids:

@@ -1,0 +1,322 @@
+"""No lost night (issue 9): the `launch_due_nights` sensor decides from the database what is due,
+so a daemon that was away three days, or a run that failed once, ends with exactly what an
+uninterrupted schedule makes.
+
+The clock is logical and steps through the nights every 30 minutes: at each instant the real
+sensor is evaluated (Dagster's `build_sensor_context`, on a real instance) and every run it
+requests is executed in process, with the same resources as production except the clock
+(`Clock(mode="logical", at=...)`), until it requests nothing more. During the outage nothing
+is evaluated at all, as when the daemon is down. At the end the delivery sensor's runs go as
+in `simulate`. "Uninterrupted" is `simulate` of the same nights on a second database: the
+scheduled instant of every step, night after night (tests/contract checks it against hand-worked
+expectations). The reports are compared without our ids and the delivery instants.
+
+The scenario (tests/scenarios/lost_nights.json) has practices in New York, Berlin and Kolkata;
+the outage covers the month end (Berlin's monthly bills), the superbill day and the statements
+(Nov 1), and Berlin's and New York's ends of daylight saving time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+from sqlalchemy import select
+
+from billing_pipeline.db import models as m
+from billing_pipeline.db.engine import dispose_engines, get_engine
+from billing_pipeline.resources.clock import Clock
+from billing_pipeline.resources.database import BillingDatabase
+from billing_pipeline.resources.notifier import Notifier
+from billing_pipeline.simulate import QUIET_LOGS
+from billing_pipeline.testing import STEP_FAULT_ENV, reset_step_faults
+from tests.contract.runner import (
+    REPORT_LISTS,
+    cli_in_process,
+    environment,
+    report_multisets,
+    report_of,
+    second_env,
+    simulate_in_process,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIO = ROOT / "tests" / "scenarios" / "lost_nights.json"
+FIRST, LAST = date(2026, 10, 25), date(2026, 11, 2)
+START = datetime(2026, 10, 25, 0, 0, tzinfo=UTC)  # before any client exists
+END = datetime(2026, 11, 3, 6, 0, tzinfo=UTC)  # after New York's AutoPay of Nov 2
+TICK = timedelta(minutes=30)
+# Three days and six hours: the nights of Oct 28 .. Oct 31 in every zone, the month end, the
+# superbill day and the statements.
+OUTAGE = (datetime(2026, 10, 29, 0, 0, tzinfo=UTC), datetime(2026, 11, 1, 6, 0, tzinfo=UTC))
+NOT_COMPARED = ("id", "document_id", "delivered_at", "bill_status_at_delivery")
+
+
+def _differences(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
+    a, b = report_multisets(ours, NOT_COMPARED), report_multisets(theirs, NOT_COMPARED)
+    lines = []
+    for name in REPORT_LISTS:
+        for side, items in (
+            ("caught up only", a[name] - b[name]),
+            ("schedule only", b[name] - a[name]),
+        ):
+            lines += [f"{name}, {side} ({n}x): {item}" for item, n in sorted(items.items())]
+    return "\n".join(lines)
+
+
+def _clock(at: datetime) -> dict[str, Any]:
+    return {"mode": "logical", "at": at.isoformat()}
+
+
+@contextmanager
+def _instance(env: dict[str, str]) -> Iterator[dg.DagsterInstance]:
+    with environment(env), dg.DagsterInstance.ephemeral() as instance:
+        try:
+            yield instance
+        finally:
+            dispose_engines()
+
+
+def evaluate(instance: dg.DagsterInstance, at: datetime, cursor: str | None) -> dg.SensorResult:
+    from billing_pipeline.definitions import defs
+
+    sensor = defs.resolve_sensor_def("launch_due_nights")
+    with dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={"db": BillingDatabase(), "clock": Clock(mode="logical", at=at.isoformat())},
+    ) as context:
+        result = sensor(context)
+    assert isinstance(result, dg.SensorResult), result
+    return result
+
+
+def run_requests(
+    instance: dg.DagsterInstance, at: datetime, requests: list[dg.RunRequest]
+) -> list[dg.DagsterRun]:
+    """Execute each requested run in process, as the daemon's run launcher would, with the
+    clock at `at`; the runs' own success is returned (a practice's failure fails its check,
+    not always its run)."""
+    from billing_pipeline.definitions import defs
+
+    runs = []
+    for request in requests:
+        assert request.job_name
+        job = defs.resolve_job_def(request.job_name)
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=request.partition_key,
+            tags=request.tags,
+            run_config={**QUIET_LOGS, "resources": {"clock": {"config": _clock(at)}}},
+            raise_on_error=False,
+        )
+        runs.append(result.dagster_run)
+    return runs
+
+
+def drive(
+    instance: dg.DagsterInstance,
+    start: datetime,
+    end: datetime,
+    outage: tuple[datetime, datetime] | None = None,
+) -> list[tuple[datetime, dg.RunRequest]]:
+    """Step the clock from `start` to `end`; at each instant outside the outage, evaluate the
+    sensor and run what it requests until it requests nothing more. Returns the launches."""
+    launched: list[tuple[datetime, dg.RunRequest]] = []
+    cursor = None
+    at = start
+    while at <= end:
+        if outage is None or not (outage[0] <= at < outage[1]):
+            for _ in range(40):
+                result = evaluate(instance, at, cursor)
+                cursor = result.cursor
+                if not result.run_requests:
+                    break
+                launched += [(at, r) for r in result.run_requests]
+                run_requests(instance, at, list(result.run_requests))
+            else:
+                pytest.fail(f"the sensor kept launching at {at}")
+        at += TICK
+    return launched
+
+
+def deliver(instance: dg.DagsterInstance) -> None:
+    """The delivery sensor's runs at the end, exactly as `simulate` makes them."""
+    from billing_pipeline.definitions import defs
+    from billing_pipeline.simulate import logical_run_config
+
+    until = LAST + timedelta(days=2)
+    sensor = defs.resolve_sensor_def("deliver_due_documents")
+    job = defs.resolve_job_def("deliver_documents_job")
+    clock = Clock(mode="logical", until_date=until.isoformat())
+    for _ in range(50):
+        with dg.build_sensor_context(
+            instance=instance,
+            resources={"db": BillingDatabase(), "clock": clock, "notifier": Notifier()},
+        ) as context:
+            evaluation = sensor(context)
+        if not isinstance(evaluation, dg.RunRequest):
+            return
+        run = job.execute_in_process(
+            instance=instance, run_config=logical_run_config(until), tags=evaluation.tags
+        )
+        assert run.success
+
+
+def scheduled_report(env: dict[str, str], tmp_path: Path) -> dict[str, Any]:
+    with second_env(env, tmp_path) as other:
+        done = cli_in_process(other, "scenario", "load", str(SCENARIO))
+        assert done.returncode == 0, done.stderr + done.stdout
+        assert simulate_in_process(other, FIRST.isoformat(), LAST.isoformat()) == []
+        return report_of(other, run=cli_in_process)
+
+
+def step_rows(url: str) -> set[tuple[str, str, str]]:
+    with get_engine(url).connect() as conn:
+        rows = conn.execute(select(m.NightStep.account_id, m.NightStep.night, m.NightStep.step))
+        return {(a, n.isoformat(), s) for a, n, s in rows}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(None, id="daemon-down-three-days"),
+        # Kolkata's bills of Oct 26 fail once (before the outage), New York's AutoPay of the
+        # month end once (in the catch-up after it).
+        pytest.param("bills:acct-ln-kolkata:2026-10-26", id="bills-fail-once"),
+        pytest.param("autopay_attempts:acct-bf-daily:2026-10-31", id="autopay-fails-once"),
+    ],
+)
+def test_catching_up_makes_what_the_schedule_would_have(
+    cli_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str | None
+) -> None:
+    done = cli_in_process(cli_env, "scenario", "load", str(SCENARIO))
+    assert done.returncode == 0, done.stderr + done.stdout
+    if fault:
+        reset_step_faults()
+        monkeypatch.setenv(STEP_FAULT_ENV, fault)
+    with _instance(cli_env) as instance:
+        launched = drive(instance, START, END, OUTAGE)
+        deliver(instance)
+        runs = instance.get_runs()
+    if fault:
+        monkeypatch.delenv(STEP_FAULT_ENV)
+    caught_up = report_of(cli_env, run=cli_in_process)
+    scheduled = scheduled_report(cli_env, tmp_path)
+
+    assert scheduled["bills"] and scheduled["superbills"] and scheduled["statements"]
+    assert {a["outcome"] for a in scheduled["autopay_attempts"]} >= {"succeeded", "declined"}
+    assert not (diff := _differences(caught_up, scheduled)), diff
+
+    # Every step of every practice's nights is recorded done, and nothing before the first
+    # client: Oct 25 is the first night in each zone.
+    steps = step_rows(cli_env["BILLING_DATABASE_URL"])
+    nights = {n for _, n, _ in steps}
+    assert min(nights) == FIRST.isoformat() and max(nights) == LAST.isoformat(), sorted(nights)
+    assert len(steps) == 3 * 9 * 4, len(steps)  # practices x nights x (3 at 00:00 + AutoPay)
+
+    # The outage's nights were launched after it, in order: bills before AutoPay, night by
+    # night, per practice.
+    after = [(at, r) for at, r in launched if at >= OUTAGE[1]]
+    assert after and after[0][0] == OUTAGE[1]
+    order: dict[str, list[tuple[str, str]]] = {}
+    for _, request in launched:
+        for account in request.tags["billing/account_ids"].split(","):
+            order.setdefault(account, []).append(
+                (request.partition_key or "", request.tags["billing/step"])
+            )
+    for account, seq in order.items():
+        assert seq == sorted(seq, key=lambda k: (k[0], k[1] != "bills")), (account, seq)
+    if fault is None:
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        for seq in order.values():
+            assert len(seq) == len(set(seq)), seq  # each step launched once
+    else:
+        asset, account, night = fault.split(":")
+        step = "autopay" if asset == "autopay_attempts" else "bills"
+        assert order[account].count((night, step)) == 2, order[account]
+        with get_engine(cli_env["BILLING_DATABASE_URL"]).connect() as conn:
+            tries = conn.execute(
+                select(m.NightStepTry.tries, m.NightStepTry.last_error).where(
+                    m.NightStepTry.account_id == account,
+                    m.NightStepTry.night == date.fromisoformat(night),
+                    m.NightStepTry.step == step,
+                )
+            ).one()
+        assert tries.tries == 2 and "InjectedFault" in (tries.last_error or ""), tries
+    # No PHI in what the sensor kept.
+    assert "Asha" not in json.dumps([r.tags for _, r in launched])
+
+
+def ledger(instance: dg.DagsterInstance, at: datetime) -> dg.AssetCheckEvaluation:
+    """Materialise `night_ledger` with the clock at `at`; its check's evaluation."""
+    from billing_pipeline.definitions import defs
+
+    job = defs.resolve_job_def("night_ledger_job")
+    run = job.execute_in_process(
+        instance=instance, run_config={**QUIET_LOGS, "resources": {"clock": {"config": _clock(at)}}}
+    )
+    (evaluation,) = run.get_asset_check_evaluations()
+    assert evaluation.check_name == "every_step_on_time"
+    return evaluation
+
+
+@pytest.mark.slow
+def test_the_ledger_names_an_overdue_practice_until_it_is_caught_up_and_shows_missed_nights(
+    cli_env: dict[str, str],
+) -> None:
+    done = cli_in_process(cli_env, "scenario", "load", str(SCENARIO))
+    assert done.returncode == 0, done.stderr + done.stdout
+    with _instance(cli_env) as instance:
+        drive(instance, START, datetime(2026, 10, 27, 12, 0, tzinfo=UTC))
+        assert ledger(instance, datetime(2026, 10, 27, 12, 0, tzinfo=UTC)).passed
+
+        # The daemon stops after 12:00Z on Oct 27. At 06:00Z on Oct 28, Kolkata's night of
+        # Oct 27 is late (00:00 IST = 18:30Z, 11.5 h), Berlin's too (23:00Z), New York's bills
+        # (04:00Z) by two hours, its AutoPay (04:30Z) by an hour and a half.
+        late = ledger(instance, datetime(2026, 10, 28, 6, 0, tzinfo=UTC))
+        assert not late.passed and late.severity == dg.AssetCheckSeverity.ERROR
+        overdue = late.metadata["overdue_practices"].value
+        assert overdue == ["acct-bf-daily", "acct-bf-monthly", "acct-ln-kolkata"], overdue
+        rows = {(r["account_id"], r["night"], r["step"]) for r in late.metadata["overdue"].value}
+        assert ("acct-bf-daily", "2026-10-27", "bills") in rows
+        assert "acct-bf-daily 2026-10-27 bills (due)" in (late.description or "")
+        assert "missed" not in (late.description or "")
+        # At 05:15Z New York's AutoPay was 45 minutes late: not yet overdue.
+        early = ledger(instance, datetime(2026, 10, 28, 5, 15, tzinfo=UTC))
+        early_rows = {(r["account_id"], r["step"]) for r in early.metadata["overdue"].value}
+        assert ("acct-bf-daily", "bills") in early_rows
+        assert ("acct-bf-daily", "autopay") not in early_rows
+
+        # The daemon is back: the sensor catches up, and the check passes again.
+        drive(
+            instance,
+            datetime(2026, 10, 28, 6, 0, tzinfo=UTC),
+            datetime(2026, 10, 28, 6, 0, tzinfo=UTC),
+        )
+        caught_up = ledger(instance, datetime(2026, 10, 28, 6, 0, tzinfo=UTC))
+        assert caught_up.passed, caught_up.description
+
+        # Away for two weeks: nights older than the horizon (7 nights) are shown missed and not
+        # launched; the horizon's oldest night is launched first.
+        back = datetime(2026, 11, 12, 12, 0, tzinfo=UTC)
+        result = evaluate(instance, back, None)
+        nights = {r.partition_key for r in result.run_requests or []}
+        assert nights == {"2026-11-05"}, nights
+        missed = ledger(instance, back)
+        assert not missed.passed
+        by_practice = missed.metadata["missed_nights"].value
+        # In every zone the last night ended at 12:00Z on Nov 12 is Nov 11: the horizon is
+        # Nov 5 .. Nov 11, and Oct 28 .. Nov 4 (everything after the catch-up) are missed.
+        assert by_practice == {
+            a: {"first": "2026-10-28", "last": "2026-11-04", "nights": 8}
+            for a in ("acct-bf-daily", "acct-bf-monthly", "acct-ln-kolkata")
+        }, by_practice
+        assert "missed nights to backfill" in (missed.description or "")
