@@ -39,7 +39,7 @@ TRY_TAG = "billing/try"
 
 @dg.sensor(
     jobs=[nightly_billing_job, autopay_job],
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def launch_due_nights(

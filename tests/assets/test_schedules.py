@@ -258,7 +258,7 @@ def test_run_requests_name_their_job_night_and_practices_and_resolve(
 
 
 def test_sensor_and_ledger_schedule_definitions() -> None:
-    assert launch_due_nights.minimum_interval_seconds == 60
+    assert launch_due_nights.minimum_interval_seconds == 30
     assert launch_due_nights.default_status == dg.DefaultSensorStatus.RUNNING
     assert set(launch_due_nights.required_resource_keys) == {"db", "clock"}
     assert night_ledger_schedule.cron_schedule == "*/15 * * * *"

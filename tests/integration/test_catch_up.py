@@ -19,6 +19,7 @@ the outage covers the month end (Berlin's monthly bills), the superbill day and 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -320,3 +321,152 @@ def test_the_ledger_names_an_overdue_practice_until_it_is_caught_up_and_shows_mi
             for a in ("acct-bf-daily", "acct-bf-monthly", "acct-ln-kolkata")
         }, by_practice
         assert "missed nights to backfill" in (missed.description or "")
+
+
+# --- For real: dagster-daemon on the wall clock ---------------------------------------------
+
+# Zones to choose from so that the practice's local time is well past its 00:30 when the test
+# runs (today's AutoPay instant has passed, tomorrow's is far away), whatever the hour in UTC.
+ZONE_CHOICES = (
+    "Pacific/Honolulu",
+    "America/New_York",
+    "Europe/London",
+    "Asia/Kolkata",
+    "Asia/Tokyo",
+    "Pacific/Auckland",
+)
+DAEMON_CATCH_UP_SECONDS = 420
+
+
+def _zone_at_midday() -> str:
+    from zoneinfo import ZoneInfo
+
+    now = datetime.now(UTC)
+    return next(z for z in ZONE_CHOICES if 3 <= now.astimezone(ZoneInfo(z)).hour <= 21)
+
+
+def _week_old_practice(tz: str, today: date) -> dict[str, Any]:
+    """A daily practice whose client was created a week ago, with a session on each of the
+    last three days (ids only matter; no AutoPay: no card)."""
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo(tz)
+    created = datetime.combine(today - timedelta(days=7), datetime.min.time(), zone) + timedelta(
+        hours=9
+    )
+    sessions = []
+    for back in (3, 2, 1):
+        day = today - timedelta(days=back)
+        at = datetime.combine(day, datetime.min.time(), zone) + timedelta(hours=10)
+        sessions.append(
+            {
+                "id": f"s-week-{back}",
+                "client_id": "cl-week",
+                "starts_at": at.isoformat(),
+                "place_of_service": "11",
+                "services": [{"cpt": "90834", "units": 1, "fee_cents": 15000}],
+            }
+        )
+    return {
+        "scenario": "week_old_practice",
+        "accounts": [
+            {
+                "id": "acct-week",
+                "name": "Week Old Practice",
+                "timezone": tz,
+                "npi": "1234567893",
+                "tax_id": "12-3456789",
+                "settings": {
+                    "bill_creation": "daily",
+                    "superbill_day_of_month": 1,
+                    "autopay_enabled": False,
+                    "new_client_defaults": {
+                        "share_bills": False,
+                        "bill_delay_minutes": 0,
+                        "share_superbills": False,
+                        "superbill_delay_minutes": 0,
+                        "share_statements": False,
+                        "statement_delay_minutes": 0,
+                    },
+                },
+            }
+        ],
+        "billing_contacts": [],
+        "clients": [
+            {
+                "id": "cl-week",
+                "account_id": "acct-week",
+                "name": "Wendy Week",
+                "email": "wendy@example.com",
+                "date_of_birth": "1980-01-01",
+                "created_at": created.isoformat(),
+                "billing_contact_id": None,
+                "diagnoses": ["F41.1"],
+                "payment_method": None,
+                "settings": {},
+            }
+        ],
+        "sessions": sessions,
+    }
+
+
+@pytest.mark.slow
+def test_the_daemon_bills_the_missed_nights_within_minutes(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`dagster-daemon run -w workspace.yaml` on the wall clock, for a practice whose client
+    was created a week ago and whose last three nights never ran (the four before ran, through
+    `simulate`): the catch-up sensor bills those sessions within minutes, without waiting for
+    the practice's next midnight."""
+    from zoneinfo import ZoneInfo
+
+    from dagster._core.instance.ref import InstanceRef
+
+    from tests.integration.test_backfill import _daemon, _dagster_home
+
+    tz = _zone_at_midday()
+    today = datetime.now(UTC).astimezone(ZoneInfo(tz)).date()
+    scenario = tmp_path / "week.json"
+    scenario.write_text(json.dumps(_week_old_practice(tz, today)))
+    done = cli_in_process(cli_env, "scenario", "load", str(scenario))
+    assert done.returncode == 0, done.stderr + done.stdout
+    first, ran_until = today - timedelta(days=7), today - timedelta(days=4)
+    assert simulate_in_process(cli_env, first.isoformat(), ran_until.isoformat()) == []
+    url = cli_env["BILLING_DATABASE_URL"]
+    with get_engine(url).connect() as conn:
+        assert not conn.execute(select(m.BillSession.session_id)).all()
+    log = tmp_path / "daemon.log"
+    with (
+        _dagster_home(cli_env) as home,
+        dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance,
+        _daemon(cli_env, log) as daemon,
+    ):
+        started = datetime.now(UTC)
+        deadline = started + timedelta(seconds=DAEMON_CATCH_UP_SECONDS)
+        billed: set[str] = set()
+        steps: set[tuple[str, str]] = set()
+        while datetime.now(UTC) < deadline and daemon.poll() is None:
+            with get_engine(url).connect() as conn:
+                billed = set(conn.execute(select(m.BillSession.session_id)).scalars())
+                steps = {
+                    (n.isoformat(), s)
+                    for n, s in conn.execute(select(m.NightStep.night, m.NightStep.step))
+                }
+            if len(billed) == 3 and all(
+                ((today - timedelta(days=b)).isoformat(), "autopay") in steps for b in (3, 2, 1)
+            ):
+                break
+            dispose_engines()
+            time.sleep(2)
+        elapsed = (datetime.now(UTC) - started).total_seconds()
+        runs = instance.get_runs()
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+    assert billed == {"s-week-3", "s-week-2", "s-week-1"}, (elapsed, sorted(steps), tail)
+    launched = sorted(
+        (r.tags.get("dagster/partition", ""), r.tags.get("billing/step", ""))
+        for r in runs
+        if r.tags.get("billing/step")
+    )
+    expected_nights = {(today - timedelta(days=b)).isoformat() for b in (3, 2, 1)}
+    assert {n for n, _ in launched} == expected_nights, launched  # nothing older relaunched
+    assert not [r.run_id for r in runs if r.status == dg.DagsterRunStatus.FAILURE], tail
