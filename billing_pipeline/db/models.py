@@ -233,6 +233,7 @@ class ResolvedSettings(SharingColumns, Base):
     autopay_runs: Mapped[bool] = mapped_column(Boolean)
     autopay_reason: Mapped[str] = mapped_column(String(40))
     payer: Mapped[str] = mapped_column(String(16))
+    payer_id: Mapped[str | None] = mapped_column(String(64))
     payer_payment_method_id: Mapped[str | None] = mapped_column(String(64))
 
 

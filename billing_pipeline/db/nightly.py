@@ -5,6 +5,7 @@ never commits; `services.nightly` decides what to write."""
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -26,6 +27,47 @@ def replace_rows(
     conn.execute(delete(table).where(and_(table.night == night, table.account_id == account_id)))
     if rows:
         conn.execute(insert(table), list(rows))
+
+
+def eligible_session_ids(conn: Connection, account_id: str, night: date) -> list[str]:
+    """The sessions in the night's `eligible_sessions` rows for the account."""
+    return list(
+        conn.execute(
+            select(m.EligibleSession.session_id)
+            .where(
+                and_(m.EligibleSession.night == night, m.EligibleSession.account_id == account_id)
+            )
+            .order_by(m.EligibleSession.session_id)
+        ).scalars()
+    )
+
+
+@dataclass(frozen=True)
+class ResolvedAutopay:
+    """What a night's resolved_settings row says AutoPay does for a client."""
+
+    client_id: str
+    runs: bool
+    reason: str
+    payer: str
+    payer_id: str | None
+    payment_method_id: str | None
+
+
+def resolved_autopay(conn: Connection, account_id: str, night: date) -> dict[str, ResolvedAutopay]:
+    """{client id: AutoPay's decision} from the night's `resolved_settings` rows."""
+    t = m.ResolvedSettings
+    rows = conn.execute(
+        select(
+            t.client_id,
+            t.autopay_runs,
+            t.autopay_reason,
+            t.payer,
+            t.payer_id,
+            t.payer_payment_method_id,
+        ).where(and_(t.night == night, t.account_id == account_id))
+    )
+    return {r.client_id: ResolvedAutopay(*r) for r in rows}
 
 
 def flagged_session_ids(conn: Connection, check: str, session_ids: Collection[str]) -> set[str]:

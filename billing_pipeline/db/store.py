@@ -6,7 +6,7 @@ commits. The scenario loader and production share these.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -134,6 +134,22 @@ def load_sessions(
         )
         .order_by(m.SessionRow.starts_at, m.SessionRow.id)
     ).all()
+    return _with_services(conn, srows)
+
+
+def load_sessions_by_ids(conn: Connection, session_ids: Collection[str]) -> list[Session]:
+    """These sessions, with services, in order of start."""
+    ids = sorted(session_ids)
+    srows: list[Row[Any]] = []
+    for i in range(0, len(ids), 500):
+        srows += conn.execute(
+            select(m.SessionRow.__table__).where(m.SessionRow.id.in_(ids[i : i + 500]))
+        ).all()
+    srows.sort(key=lambda r: (r.starts_at, r.id))
+    return _with_services(conn, srows)
+
+
+def _with_services(conn: Connection, srows: Sequence[Row[Any]]) -> list[Session]:
     if not srows:
         return []
     services: dict[str, list[Service]] = {r.id: [] for r in srows}

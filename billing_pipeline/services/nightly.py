@@ -13,7 +13,7 @@ from sqlalchemy import Connection
 
 from billing_pipeline.db import models as m
 from billing_pipeline.db import nightly as q
-from billing_pipeline.db.store import billed_session_ids, load_sessions
+from billing_pipeline.db.store import billed_session_ids, load_sessions, load_sessions_by_ids
 from billing_pipeline.domain import calendar as cal
 from billing_pipeline.domain.billing import plan_bills
 from billing_pipeline.domain.delivery import plan_delivery
@@ -36,6 +36,9 @@ from billing_pipeline.domain.settings import (
 
 IMPORTED_MISSING_CPT = "imported_session_missing_cpt"
 BILLS_NOT_MADE = "bills_not_made"
+ELIGIBLE = "eligible_sessions"  # recorded in night_steps once the night's rows are written
+RESOLVED = "resolved_settings"  # likewise: AutoPay charges by these rows
+ELIGIBLE_NOT_LISTED = "eligible_sessions_not_listed"
 SUPERBILLS, STATEMENTS = STEP_RECORDS[Step.BILLS][1:]
 
 
@@ -120,6 +123,7 @@ def record_eligible_sessions(conn: Connection, practice: Practice, night: date) 
             for s in new_flags
         ],
     )
+    q.mark_step(conn, account.id, night, ELIGIBLE, cal.bills_instant(night, account.timezone), None)
     figures.add("eligible_sessions", len(eligible))
     figures.add("imported_sessions_missing_cpt", len(flagged))
     figures.add("new_flags", len(new_flags))
@@ -159,6 +163,7 @@ def record_resolved_settings(conn: Connection, practice: Practice, night: date) 
                 "autopay_runs": decision.runs,
                 "autopay_reason": decision.reason.value,
                 "payer": decision.payer_kind,
+                "payer_id": decision.payer.id,
                 "payer_payment_method_id": decision.card.payment_method_id
                 if decision.card
                 else None,
@@ -176,6 +181,7 @@ def record_resolved_settings(conn: Connection, practice: Practice, night: date) 
         figures.add("settings_warnings", len(warnings))
         figures.ids.extend(w.client_id for w in warnings)
     q.replace_rows(conn, m.ResolvedSettings, account.id, night, rows)
+    q.mark_step(conn, account.id, night, RESOLVED, cal.bills_instant(night, account.timezone), None)
     figures.add("clients", len(rows))
     return figures
 
@@ -220,10 +226,22 @@ def create_bills(
     created_at: datetime,
     run_id: str | None = None,
 ) -> NightFigures:
-    """Bill the night's eligible sessions (daily, or monthly at month end) and queue each
-    bill's delivery in the same transaction, then mark the night's bills step done."""
+    """Bill the sessions of the night's `eligible_sessions` rows (its input: eligibility is
+    decided there, once), daily or monthly at month end, leaving out any that a bill took
+    since (an earlier night of the same run, or another run); queue each bill's delivery in
+    the same transaction, then mark the night's bills step done."""
     figures = NightFigures(practice.account.id, night)
-    eligible, _ = eligible_for_night(conn, practice, night)
+    if not (
+        q.step_done(conn, practice.account.id, night, ELIGIBLE)
+        and q.step_done(conn, practice.account.id, night, RESOLVED)
+    ):
+        # The night's eligible sessions or settings were not written (that step failed for
+        # the practice): nothing is billed and the step is not done, so it runs again.
+        figures.add(ELIGIBLE_NOT_LISTED)
+        return figures
+    listed = q.eligible_session_ids(conn, practice.account.id, night)
+    billed = billed_session_ids(conn, listed)
+    eligible = load_sessions_by_ids(conn, [sid for sid in listed if sid not in billed])
     for bill in plan_bills(practice.account.bill_creation, night, eligible):
         bill_id = q.insert_bill(conn, practice.account.id, night, created_at, bill)
         figures.add("bills")

@@ -1,5 +1,5 @@
 """Catch-up of lost nights: the sensor's tries per practice night step; the 00:00 step is done
-once its bills, superbills and statements are recorded
+once its bills, superbills and statements are recorded; the payer in resolved_settings
 
 Revision ID: 0003_night_step_tries
 Revises: 0002
@@ -33,6 +33,9 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("account_id", "night", "step", name=op.f("pk_night_step_tries")),
     )
+    # AutoPay charges the payer its night's resolved_settings rows name (true lineage).
+    with op.batch_alter_table("resolved_settings", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("payer_id", sa.String(length=64), nullable=True))
     # Before this revision only `bills` recorded the 00:00 step; a night whose bills were made
     # had run its superbills and statements in the same run. Record them so that the sensor
     # does not launch those nights again (it would make nothing, but needlessly).
@@ -47,5 +50,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("resolved_settings", schema=None) as batch_op:
+        batch_op.drop_column("payer_id")
     op.execute(sa.text("DELETE FROM night_steps WHERE step IN ('superbills', 'statements')"))
     op.drop_table("night_step_tries")
