@@ -208,6 +208,23 @@ class NightStepTry(Base):
     last_failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class PaymentReconciliation(Base):
+    """Finance's table: one row per PaymentIntent (or attempt) on which Stripe and our books
+    disagree for a night, with both sides' figures. The night's rows are replaced each time
+    it is reconciled: no row means the night agrees."""
+
+    __tablename__ = "payment_reconciliations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    night: Mapped[date] = mapped_column(Date, index=True)
+    account_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(24))
+    payment_intent_id: Mapped[str] = mapped_column(String(255))
+    attempt_id: Mapped[str] = mapped_column(String(32))
+    stripe_amount_cents: Mapped[int | None] = mapped_column(Integer)
+    our_amount_cents: Mapped[int | None] = mapped_column(Integer)
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class EligibleSession(Base):
     """The sessions a night found billable (before billing them)."""
 

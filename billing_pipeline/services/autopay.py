@@ -422,7 +422,13 @@ def ledger_drift(
     wanted = {n.isoformat(): n for n in nights}
     accounts = set(account_ids)
     theirs = [
-        LedgerEntry(s.id, s.metadata[META_ATTEMPT], wanted[s.metadata[META_NIGHT]], s.amount_cents)
+        LedgerEntry(
+            s.id,
+            s.metadata[META_ATTEMPT],
+            wanted[s.metadata[META_NIGHT]],
+            s.amount_cents,
+            s.metadata[META_ACCOUNT],
+        )
         for s in payments.succeeded_charges()
         if s.metadata.get(META_NIGHT) in wanted
         and s.metadata.get(META_ACCOUNT) in accounts

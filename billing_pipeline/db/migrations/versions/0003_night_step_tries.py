@@ -1,5 +1,6 @@
 """Catch-up of lost nights: the sensor's tries per practice night step; the 00:00 step is done
-once its bills, superbills and statements are recorded; the payer in resolved_settings
+once its bills, superbills and statements are recorded; the payer in resolved_settings;
+finance's payment_reconciliations table
 
 Revision ID: 0003_night_step_tries
 Revises: 0002
@@ -33,6 +34,20 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("account_id", "night", "step", name=op.f("pk_night_step_tries")),
     )
+    op.create_table(
+        "payment_reconciliations",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("night", sa.Date(), nullable=False),
+        sa.Column("account_id", sa.String(length=64), nullable=False),
+        sa.Column("kind", sa.String(length=24), nullable=False),
+        sa.Column("payment_intent_id", sa.String(length=255), nullable=False),
+        sa.Column("attempt_id", sa.String(length=32), nullable=False),
+        sa.Column("stripe_amount_cents", sa.Integer(), nullable=True),
+        sa.Column("our_amount_cents", sa.Integer(), nullable=True),
+        sa.Column("checked_at", billing_pipeline.db.types.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_payment_reconciliations")),
+    )
+    op.create_index(op.f("ix_payment_reconciliations_night"), "payment_reconciliations", ["night"])
     # AutoPay charges the payer its night's resolved_settings rows name (true lineage).
     with op.batch_alter_table("resolved_settings", schema=None) as batch_op:
         batch_op.add_column(sa.Column("payer_id", sa.String(length=64), nullable=True))
@@ -50,6 +65,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_payment_reconciliations_night"), table_name="payment_reconciliations")
+    op.drop_table("payment_reconciliations")
     with op.batch_alter_table("resolved_settings", schema=None) as batch_op:
         batch_op.drop_column("payer_id")
     op.execute(sa.text("DELETE FROM night_steps WHERE step IN ('superbills', 'statements')"))
