@@ -221,7 +221,9 @@ def test_catching_up_makes_what_the_schedule_would_have(
     steps = step_rows(cli_env["BILLING_DATABASE_URL"])
     nights = {n for _, n, _ in steps}
     assert min(nights) == FIRST.isoformat() and max(nights) == LAST.isoformat(), sorted(nights)
-    assert len(steps) == 3 * 9 * 4, len(steps)  # practices x nights x (3 at 00:00 + AutoPay)
+    # Practices x nights x records: eligible sessions, settings, bills, superbills and
+    # statements at 00:00, AutoPay at 00:30.
+    assert len(steps) == 3 * 9 * 6, len(steps)
 
     # The outage's nights were launched after it, in order: bills before AutoPay, night by
     # night, per practice.
