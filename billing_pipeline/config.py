@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
+from billing_pipeline.domain.schedule import CatchUpPolicy
 from billing_pipeline.errors import SettingError
 
 DATABASE_URL_ENV = "BILLING_DATABASE_URL"
@@ -143,3 +145,38 @@ def smtp_settings() -> SmtpSettings:
         sender=os.environ.get("BILLING_SMTP_FROM", "").strip() or "billing@localhost",
         timeout_seconds=seconds_setting("BILLING_SMTP_TIMEOUT_SECONDS", 10.0),
     )
+
+
+HORIZON_ENV = "BILLING_CATCHUP_HORIZON_NIGHTS"
+MAX_TRIES_ENV = "BILLING_STEP_MAX_TRIES"
+RETRY_BACKOFF_ENV = "BILLING_STEP_RETRY_BACKOFF_MINUTES"
+
+
+def catch_up_policy() -> CatchUpPolicy:
+    """How the `launch_due_nights` sensor catches up: BILLING_CATCHUP_HORIZON_NIGHTS (default
+    7: older nights are shown missed, not launched), BILLING_STEP_MAX_TRIES (default 3) and
+    BILLING_STEP_RETRY_BACKOFF_MINUTES (default 10, doubled after each failed try)."""
+    default = CatchUpPolicy()
+    return CatchUpPolicy(
+        horizon_nights=whole_number_setting(HORIZON_ENV, default.horizon_nights, 1, 3660),
+        max_tries=whole_number_setting(MAX_TRIES_ENV, default.max_tries, 1, 100),
+        backoff=timedelta(
+            minutes=whole_number_setting(
+                RETRY_BACKOFF_ENV, int(default.backoff.total_seconds() // 60), 0, 1440
+            )
+        ),
+    )
+
+
+def whole_number_setting(name: str, default: int, low: int, high: int) -> int:
+    """A whole number from the environment variable `name` in [low, high] (unset: default)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        shown = raw if len(raw) <= 40 else raw[:40] + "..."
+        raise SettingError(
+            f"{name}={shown!r} is not a whole number between {low} and {high} "
+            f"(unset, it is {default})"
+        )
+    return int(raw)

@@ -3,10 +3,12 @@
 import dagster as dg
 
 from billing_pipeline.assets.chain import NIGHT_CHAIN
+from billing_pipeline.assets.ledger import night_ledger
 from billing_pipeline.checks.documents import DOCUMENT_CHECKS
 from billing_pipeline.jobs import (
     autopay_job,
     deliver_documents_job,
+    night_ledger_job,
     nightly_billing_job,
     nightly_chain_job,
 )
@@ -16,17 +18,23 @@ from billing_pipeline.resources.notifier import Notifier
 from billing_pipeline.resources.payments import Payments
 from billing_pipeline.resources.renderer import DocumentRenderer
 from billing_pipeline.schedules import (
-    autopay_schedule,
     deliver_due_documents,
-    nightly_billing_schedule,
+    launch_due_nights,
+    night_ledger_schedule,
 )
 
 defs = dg.Definitions(
-    assets=list(NIGHT_CHAIN),
+    assets=[*NIGHT_CHAIN, night_ledger],
     asset_checks=DOCUMENT_CHECKS,
-    jobs=[nightly_billing_job, autopay_job, nightly_chain_job, deliver_documents_job],
-    schedules=[nightly_billing_schedule, autopay_schedule],
-    sensors=[deliver_due_documents],
+    jobs=[
+        nightly_billing_job,
+        autopay_job,
+        nightly_chain_job,
+        deliver_documents_job,
+        night_ledger_job,
+    ],
+    schedules=[night_ledger_schedule],
+    sensors=[launch_due_nights, deliver_due_documents],
     # Database-bound steps: every run executes in process, the jobs of jobs.py and the runs a
     # backfill launched from the UI alike (a process per step would add seconds each).
     executor=dg.in_process_executor,

@@ -10,6 +10,7 @@ import dagster as dg
 from sqlalchemy import Connection, select
 
 from billing_pipeline.assets.chain import AT_AUTOPAY, AT_MIDNIGHT, NIGHT_CHAIN
+from billing_pipeline.assets.ledger import night_ledger
 from billing_pipeline.db import models as m
 from billing_pipeline.db.deliveries import (
     DueDelivery,
@@ -48,6 +49,13 @@ nightly_chain_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
     description="The whole night in one run, for backfills and `simulate`: each asset walks "
     "the nights in order, and every rule that looks at time looks at the night's own instants.",
+)
+
+night_ledger_job = dg.define_asset_job(
+    "night_ledger_job",
+    selection=[night_ledger],
+    executor_def=dg.in_process_executor,
+    description="The ledger of every practice's night steps and its check.",
 )
 
 DELIVERY_BATCH = 5000

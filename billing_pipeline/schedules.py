@@ -1,71 +1,100 @@
-"""Schedules that fit many timezones, and the delivery sensor.
+"""The catch-up sensor that launches every practice's nights, the ledger's schedule, and the
+delivery sensor.
 
-A `DailyPartitionsDefinition` has one timezone, so a schedule built from the partitions would
-run every practice at the same instant. Instead both schedules tick every 15 minutes in UTC
-(every zone's offset is a multiple of 15 minutes) and launch, for each night, the practices
-whose 00:00 (bills) or 00:30 (AutoPay) has just passed, named in the run's tags.
+What runs is decided from the database, not from which tick fired (DESIGN invariant 8): every
+minute `launch_due_nights` reads, for each practice, the steps of its nights whose instant has
+passed (00:00 for bills, superbills and statements; 00:30 for AutoPay, in the practice's own
+zone) and which are not recorded done, and launches the first of them, in order, for the
+practices that have one. A daemon that was down three days catches up by itself as soon as it
+is back; a failed step is launched again after a backoff, a bounded number of times, then shown
+failed in `night_ledger`; a night past the horizon is shown missed, never launched on its own.
 """
 
+import hashlib
+import json
 from datetime import UTC, datetime
+from functools import partial
 
 import dagster as dg
 
+from billing_pipeline.assets.ledger import STEP_TAG, running_steps
+from billing_pipeline.config import catch_up_policy
 from billing_pipeline.db.deliveries import due_deliveries, due_reshares
-from billing_pipeline.db.store import list_accounts
-from billing_pipeline.domain.schedule import Step, due_nights
-from billing_pipeline.jobs import autopay_job, deliver_documents_job, nightly_billing_job
+from billing_pipeline.domain.schedule import Step, to_launch
+from billing_pipeline.jobs import (
+    autopay_job,
+    deliver_documents_job,
+    night_ledger_job,
+    nightly_billing_job,
+)
 from billing_pipeline.partitions import ACCOUNTS_TAG, DATABASE_TAG
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.notifier import Notifier
+from billing_pipeline.services.catchup import night_states, record_launch
 
-TICK_CRON = "*/15 * * * *"
+JOB_OF_STEP = {Step.BILLS: nightly_billing_job, Step.AUTOPAY: autopay_job}
+TRY_TAG = "billing/try"
 
 
-def _requests(
-    context: dg.ScheduleEvaluationContext, db: BillingDatabase, step: Step
-) -> list[dg.RunRequest] | dg.SkipReason:
-    tick = context.scheduled_execution_time or datetime.now(UTC)
+@dg.sensor(
+    jobs=[nightly_billing_job, autopay_job],
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def launch_due_nights(
+    context: dg.SensorEvaluationContext, db: BillingDatabase, clock: Clock
+) -> dg.SensorResult:
+    """Launches, for every practice, the first step of its nights that is due and not done:
+    the 00:00 step (`nightly_billing_job`) before AutoPay (`autopay_job`), night N before
+    night N+1, one run per night and step for the practices named in its tags. The tries are
+    recorded in the database; the cursor keeps the last evaluation's instant and launches."""
+    now = clock.now_for("UTC").astimezone(UTC)
+    policy = catch_up_policy()
+    database = db.fingerprint()
+    running = running_steps(context.instance, database)
     with db.engine.connect() as conn:
-        accounts = [(a.id, a.timezone) for a in list_accounts(conn)]
-    due = due_nights(accounts, tick.astimezone(UTC), step)
-    if not due:
-        return dg.SkipReason(f"no practice reaches its {step} step at {tick.isoformat()}")
-    return [
-        dg.RunRequest(
-            run_key=f"{step}-{night.isoformat()}-{tick.astimezone(UTC).isoformat()}",
-            partition_key=night.isoformat(),
-            tags={ACCOUNTS_TAG: ",".join(ids)},
+        states = night_states(conn, now, policy, running, with_missed=False)
+    launches = to_launch(states)
+    requests = []
+    for (night, step), account_ids in launches.items():
+        digest = hashlib.sha256(",".join(account_ids).encode()).hexdigest()[:12]
+        key = f"{step}-{night.isoformat()}-{digest}-{now.isoformat()}"
+        tries = db.transact(
+            partial(record_launch, ids=account_ids, night=night, step=step, at=now, key=key)
         )
-        for night, ids in due.items()
-    ]
+        requests.append(
+            dg.RunRequest(
+                run_key=key,
+                job_name=JOB_OF_STEP[step].name,
+                partition_key=night.isoformat(),
+                tags={
+                    ACCOUNTS_TAG: ",".join(account_ids),
+                    STEP_TAG: step.value,
+                    DATABASE_TAG: database,
+                    TRY_TAG: str(tries),
+                },
+            )
+        )
+    cursor = json.dumps(
+        {"evaluated_at": now.isoformat(), "launched": [r.run_key for r in requests]}
+    )
+    if not requests:
+        return dg.SensorResult(skip_reason=f"no step due at {now.isoformat()}", cursor=cursor)
+    return dg.SensorResult(run_requests=requests, cursor=cursor)
 
 
 @dg.schedule(
-    job=nightly_billing_job,
-    cron_schedule=TICK_CRON,
+    job=night_ledger_job,
+    cron_schedule="*/15 * * * *",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
-def nightly_billing_schedule(
-    context: dg.ScheduleEvaluationContext, db: BillingDatabase
-) -> list[dg.RunRequest] | dg.SkipReason:
-    """Bills, superbills and statements at 00:00 in each practice's own zone."""
-    return _requests(context, db, Step.BILLS)
-
-
-@dg.schedule(
-    job=autopay_job,
-    cron_schedule=TICK_CRON,
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
-def autopay_schedule(
-    context: dg.ScheduleEvaluationContext, db: BillingDatabase
-) -> list[dg.RunRequest] | dg.SkipReason:
-    """AutoPay at 00:30 in each practice's own zone (never before that night's bills: the
-    asset checks the night's bills step is recorded)."""
-    return _requests(context, db, Step.AUTOPAY)
+def night_ledger_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """Refreshes `night_ledger` every 15 minutes. A tick missed loses nothing: the ledger is
+    read from the database each time."""
+    tick = context.scheduled_execution_time or datetime.now(UTC)
+    return dg.RunRequest(run_key=f"ledger-{tick.isoformat()}")
 
 
 IN_FLIGHT = [

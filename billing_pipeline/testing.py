@@ -44,3 +44,38 @@ def fault_point(point: FaultPoint) -> None:
         hit = _fault_hits[name] == int(nth or 1)
     if hit:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+STEP_FAULT_ENV = "BILLING_STEP_FAULT"
+
+
+class InjectedFault(RuntimeError):
+    """TEST-ONLY: the failure `step_fault` raises."""
+
+
+_step_fault_hits: dict[str, int] = {}
+
+
+def step_fault(asset: str, account_id: str, night: str) -> None:
+    """TEST-ONLY failure hook for the catch-up tests (tests/assets/test_catch_up.py).
+
+    With `BILLING_STEP_FAULT=<asset>:<account id>:<night>[@n]` in the environment, the asset's
+    work for that practice's night raises InjectedFault the first n times (default 1) in this
+    process, like a bug or an outage that goes away. Production never sets the variable."""
+    spec = os.environ.get(STEP_FAULT_ENV)
+    if not spec:
+        return
+    target, _, times = spec.partition("@")
+    if target != f"{asset}:{account_id}:{night}":
+        return
+    with _fault_lock:
+        _step_fault_hits[target] = _step_fault_hits.get(target, 0) + 1
+        fail = _step_fault_hits[target] <= int(times or 1)
+    if fail:
+        raise InjectedFault(f"injected fault in {asset} for {account_id} night {night}")
+
+
+def reset_step_faults() -> None:
+    """TEST-ONLY: forget the injected faults already raised in this process."""
+    with _fault_lock:
+        _step_fault_hits.clear()

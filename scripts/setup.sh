@@ -35,3 +35,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/pip install -q -e '.[test]'
   echo "$want" > "$stamp"
 fi
+
+# Migrations are a deploy step: Dagster's resources refuse a billing database that is behind
+# the code (they never migrate from inside a run). Bring the configured one up to date here
+# (BILLING_DATABASE_URL, else the embedded SQLite file); BILLING_SKIP_DB_UPGRADE=1 skips it
+# where that database is not reachable from this machine.
+if [ -z "${BILLING_SKIP_DB_UPGRADE:-}" ]; then
+  .venv/bin/billing-pipeline db upgrade
+fi

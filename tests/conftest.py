@@ -104,11 +104,13 @@ def drop_pg_database(url: str) -> None:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A new billing database URL on each backend, with no data: an empty SQLite file (the
-    schema is made on first use), or a PostgreSQL copy of the migrated template (migrations
-    from nothing are tested in tests/integration/test_migrations.py)."""
+    """A new billing database URL on each backend, migrated, with no data: a SQLite file, or a
+    PostgreSQL copy of the migrated template (migrations from nothing are tested in
+    tests/integration/test_migrations.py; Dagster's resources refuse a database behind)."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'billing.db'}"
+        url = f"sqlite:///{tmp_path / 'billing.db'}"
+        upgrade(get_engine(url))
+        yield url
         dispose_engines()
         return
     url = create_pg_database(migrated=True)

@@ -14,6 +14,7 @@ from billing_pipeline.assets.common import (
     nightly_asset,
     practice_check,
     practice_check_spec,
+    run_nights,
     summarize,
 )
 from billing_pipeline.checks.invariants import no_bill_paid_twice
@@ -112,7 +113,7 @@ def autopay_attempts(
         owner_gone = owner_gone_rule(OwnerProbe(db.engine), run_ended(context.instance))
         figures = for_each_practice_night(context, db, clock, Step.AUTOPAY, one, failed)
     with db.engine.connect() as conn:
-        check = no_bill_paid_twice(conn)
+        check = no_bill_paid_twice(conn, run_nights(context))
     return dg.MaterializeResult(
         metadata=summarize(
             figures,

@@ -9,7 +9,7 @@ from billing_pipeline.assets.common import (
     practice_check_spec,
     summarize,
 )
-from billing_pipeline.assets.sessions import resolved_settings
+from billing_pipeline.assets.sessions import eligible_sessions, resolved_settings
 from billing_pipeline.checks.invariants import bill_totals_match_lines
 from billing_pipeline.domain.schedule import Step
 from billing_pipeline.resources.clock import Clock
@@ -18,7 +18,7 @@ from billing_pipeline.services.nightly import create_bills, create_superbills
 
 
 @nightly_asset(
-    deps=[resolved_settings],
+    deps=[eligible_sessions, resolved_settings],
     check_specs=[
         dg.AssetCheckSpec("bill_totals_match_lines", asset="bills", blocking=True),
         practice_check_spec("bills"),
@@ -27,9 +27,10 @@ from billing_pipeline.services.nightly import create_bills, create_superbills
 def bills(
     context: dg.AssetExecutionContext, db: BillingDatabase, clock: Clock
 ) -> dg.MaterializeResult:
-    """Tonight's bills: one per session for daily practices, one per client on the last night
-    of the month for monthly ones, none for manual ones. A session already on a bill is never
-    billed again; each bill's delivery is queued with it."""
+    """Tonight's bills, made from the night's `eligible_sessions` rows: one per session for
+    daily practices, one per client on the last night of the month for monthly ones, none for
+    manual ones. A session already on a bill is never billed again; each bill's delivery is
+    queued with it."""
     run_id = context.run.run_id
     failed: dict[str, str] = {}
     figures = for_each_night(
@@ -43,7 +44,9 @@ def bills(
     with db.engine.connect() as conn:
         check = bill_totals_match_lines(conn, sorted({f.night for f in figures}))
     return dg.MaterializeResult(
-        metadata=summarize(figures, ["bills", "deliveries_queued", "not_due_yet"]),
+        metadata=summarize(
+            figures, ["bills", "deliveries_queued", "not_due_yet", "eligible_sessions_not_listed"]
+        ),
         check_results=[check, practice_check("bills", failed)],
     )
 

@@ -11,6 +11,7 @@ from datetime import date, datetime, timedelta
 import dagster as dg
 from sqlalchemy import Connection
 
+from billing_pipeline.db.catchup import note_failure
 from billing_pipeline.db.store import list_accounts, load_practice
 from billing_pipeline.domain.money import dollars
 from billing_pipeline.domain.practice import AccountView, Practice
@@ -20,6 +21,7 @@ from billing_pipeline.partitions import ACCOUNTS_TAG, service_dates
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.services.nightly import NightFigures
+from billing_pipeline.testing import step_fault
 
 NightWork = Callable[[Connection, Practice, date, datetime], NightFigures]
 
@@ -98,6 +100,7 @@ def for_each_practice_night(
                 # across assets reads these instants, so a late run or a backfill does what the
                 # schedule would have done that night. When the work really ran is in the run
                 # history, an attempt's claimed_at and Stripe.
+                step_fault(context.asset_key.to_user_string(), account.id, night.isoformat())
                 figures.append(work(account, night, scheduled))
             except Exception as exc:
                 # The exception's text may quote row values: only its type is logged, unless
@@ -109,7 +112,33 @@ def for_each_practice_night(
                     f"practice {account.id} night {night} failed ({why}); "
                     "its work was rolled back, other practices go on"
                 )
+                _note_failure(context, db, clock, account, night, step, why)
     return figures
+
+
+def _note_failure(
+    context: dg.AssetExecutionContext,
+    db: BillingDatabase,
+    clock: Clock,
+    account: AccountView,
+    night: date,
+    step: Step,
+    why: str,
+) -> None:
+    """Record the failure for the ledger and the catch-up sensor's retries. The database may
+    be what failed: then the sensor sees a try that did not finish, which it retries too."""
+    asset = context.asset_key.to_user_string()
+    try:
+        db.transact(
+            lambda conn: note_failure(
+                conn, account.id, night, step, f"{asset}: {why}", clock.now_for(account.timezone)
+            )
+        )
+    except Exception as exc:
+        context.log.warning(
+            f"could not record the failure of practice {account.id} night {night} "
+            f"({type(exc).__name__})"
+        )
 
 
 def for_each_night(

@@ -9,6 +9,7 @@ from billing_pipeline.assets.common import (
     nightly_asset,
     practice_check,
     practice_check_spec,
+    run_nights,
     summarize,
 )
 from billing_pipeline.checks.invariants import deliveries_never_early
@@ -41,7 +42,7 @@ def delivery_queue(
         failed,
     )
     with db.engine.connect() as conn:
-        check = deliveries_never_early(conn)
+        check = deliveries_never_early(conn, run_nights(context))
     return dg.MaterializeResult(
         metadata=summarize(
             figures,

@@ -1,12 +1,15 @@
-"""payment_reconciliations: finance's nightly comparison of Stripe with our payment rows."""
+"""payment_reconciliations: finance's nightly comparison of Stripe with our payment rows, a table
+of what disagrees."""
 
 from collections import Counter
+from datetime import UTC, datetime
 
 import dagster as dg
 
 from billing_pipeline.assets.autopay import autopay_attempts, run_ended
 from billing_pipeline.assets.common import nightly_asset, run_accounts, run_nights
 from billing_pipeline.db.owners import OwnerProbe
+from billing_pipeline.db.reconciliations import replace_reconciliations
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.payments import Payments
 from billing_pipeline.services.autopay import ledger_drift, owner_gone_rule
@@ -31,8 +34,10 @@ CHECK = "stripe_charges_match_payments"
 def payment_reconciliations(
     context: dg.AssetExecutionContext, db: BillingDatabase, payments: Payments
 ) -> dg.MaterializeResult:
-    """For each night of the run, the succeeded PaymentIntents in Stripe that carry our AutoPay
-    metadata against the payments we recorded for that night's attempts. Any drift fails the
+    """Finance's table of where Stripe and our books disagree: for each night of the run, the
+    succeeded PaymentIntents in Stripe that carry our AutoPay metadata against the payments we
+    recorded for that night's attempts, one row per PaymentIntent that disagrees with both
+    sides' figures (the night's rows are replaced; none means it agrees). Any drift fails the
     check and is logged as an error, with Stripe and attempt ids only (never a name)."""
     nights = run_nights(context)
     accounts = [a.id for a in run_accounts(context, db)]
@@ -61,10 +66,17 @@ def payment_reconciliations(
                 f"(PaymentIntents / attempts: {details[night.isoformat()]})"
             )
     drifted = sorted(details)
+    # Finance's table: one row per PaymentIntent that disagrees, both sides' figures; the
+    # run's nights are replaced for its practices (no row: the night agrees).
+    rows = [(night, row) for night, d in sorted(drift.items()) for row in d.rows]
+    db.transact(
+        lambda conn: replace_reconciliations(conn, accounts, rows, nights, datetime.now(UTC))
+    )
     return dg.MaterializeResult(
         metadata={
             "nights": dg.MetadataValue.int(len(nights)),
             "nights_with_drift": dg.MetadataValue.int(len(drifted)),
+            "rows": dg.MetadataValue.int(len(rows)),
             **{key: dg.MetadataValue.int(n) for key, n in sorted(totals.items())},
             "per_night": dg.MetadataValue.json(per_night),
         },

@@ -37,8 +37,10 @@ def eligible_sessions(
         lambda conn, p, night, _at: record_eligible_sessions(conn, p, night),
         failed,
     )
+    # The sessions the run's nights met without a CPT code (each night's figures list them).
+    met = {sid for f in figures for sid in f.ids}
     with db.engine.connect() as conn:
-        check = imported_sessions_have_cpt_codes(conn)
+        check = imported_sessions_have_cpt_codes(conn, met)
     return dg.MaterializeResult(
         metadata=summarize(
             figures, ["eligible_sessions", "imported_sessions_missing_cpt", "new_flags"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import date
 
 import dagster as dg
@@ -22,6 +22,7 @@ def _result(
     ids_key: str,
     count_key: str,
     severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
+    extra: Mapping[str, dg.MetadataValue] | None = None,
 ) -> dg.AssetCheckResult:
     """A check that passes when nothing offends; ids (never names) and a count otherwise."""
     return dg.AssetCheckResult(
@@ -32,6 +33,7 @@ def _result(
         metadata={
             ids_key: dg.MetadataValue.json([str(o) for o in offenders[:SHOWN]]),
             count_key: dg.MetadataValue.int(len(offenders)),
+            **(extra or {}),
         },
     )
 
@@ -63,53 +65,74 @@ def bill_totals_match_lines(conn: Connection, nights: Sequence[date]) -> dg.Asse
     )
 
 
-def no_bill_paid_twice(conn: Connection) -> dg.AssetCheckResult:
-    """No bill is covered by two succeeded AutoPay attempts, and no client paid more than the
-    bills their succeeded attempts covered."""
-    doubled = conn.execute(
-        select(m.AutopayAttemptBill.bill_id)
-        .join(m.AutopayAttempt, m.AutopayAttempt.id == m.AutopayAttemptBill.attempt_id)
-        .where(m.AutopayAttempt.status == "succeeded")
-        .group_by(m.AutopayAttemptBill.bill_id)
-        .having(func.count() > 1)
-    ).scalars()
+def no_bill_paid_twice(conn: Connection, nights: Sequence[date]) -> dg.AssetCheckResult:
+    """No bill is paid by two succeeded AutoPay attempts, one of them made by the run's
+    nights (a bill paid twice by attempts of other nights fails their own check)."""
+    doubled: list[int] = []
+    if nights:
+        ours = (
+            select(m.AutopayAttemptBill.bill_id)
+            .join(m.AutopayAttempt, m.AutopayAttempt.id == m.AutopayAttemptBill.attempt_id)
+            .where(and_(m.AutopayAttempt.status == "succeeded", m.AutopayAttempt.night.in_(nights)))
+        )
+        doubled = list(
+            conn.execute(
+                select(m.AutopayAttemptBill.bill_id)
+                .join(m.AutopayAttempt, m.AutopayAttempt.id == m.AutopayAttemptBill.attempt_id)
+                .where(
+                    and_(
+                        m.AutopayAttempt.status == "succeeded",
+                        m.AutopayAttemptBill.bill_id.in_(ours),
+                    )
+                )
+                .group_by(m.AutopayAttemptBill.bill_id)
+                .having(func.count() > 1)
+                .order_by(m.AutopayAttemptBill.bill_id)
+            ).scalars()
+        )
     return _result(
-        "no_bill_paid_twice", "autopay_attempts", list(doubled), "bill_ids", "bills_paid_twice"
+        "no_bill_paid_twice", "autopay_attempts", doubled, "bill_ids", "bills_paid_twice"
     )
 
 
-def imported_sessions_have_cpt_codes(conn: Connection) -> dg.AssetCheckResult:
+def imported_sessions_have_cpt_codes(conn: Connection, met: Collection[str]) -> dg.AssetCheckResult:
     """Imported sessions without CPT codes are left out of automation: staff must bill them by
-    hand, or add the code. Warns with the session ids while any flagged session still has no
-    CPT code; one given a code since is resolved (its flag stays in the history)."""
+    hand, or add the code. Warns with the ids of the sessions the run's nights met without a
+    CPT code (`met`), and says how many flagged sessions are still open overall (no CPT code
+    yet, as their services stand now). A flag is resolved when staff add the codes: the
+    session then bills on its next night (its flag stays in the history)."""
     flagged = list(
         conn.execute(
-            select(m.CheckFlag.session_id)
-            .where(m.CheckFlag.check == IMPORTED_MISSING_CPT)
-            .order_by(m.CheckFlag.session_id)
+            select(m.CheckFlag.session_id).where(m.CheckFlag.check == IMPORTED_MISSING_CPT)
         ).scalars()
     )
-    resolved = sessions_with_cpt(conn, flagged)
+    still_open = len(flagged) - len(sessions_with_cpt(conn, flagged))
     return _result(
         "imported_sessions_have_cpt_codes",
         "eligible_sessions",
-        [sid for sid in flagged if sid not in resolved],
+        sorted(set(met)),
         "session_ids",
         "flagged_sessions",
         dg.AssetCheckSeverity.WARN,
+        {"open_overall": dg.MetadataValue.int(int(still_open))},
     )
 
 
-def deliveries_never_early(conn: Connection) -> dg.AssetCheckResult:
-    """No document was shared before its due time."""
-    early = conn.execute(
-        select(m.Delivery.id).where(
-            and_(
-                m.Delivery.delivered_at.is_not(None),
-                m.Delivery.delivered_at < m.Delivery.scheduled_at,
-            )
+def deliveries_never_early(conn: Connection, nights: Sequence[date]) -> dg.AssetCheckResult:
+    """No document of the run's nights was shared before its due time."""
+    early: list[int] = []
+    if nights:
+        early = list(
+            conn.execute(
+                select(m.Delivery.id)
+                .where(
+                    and_(
+                        m.Delivery.night.in_(list(nights)),
+                        m.Delivery.delivered_at.is_not(None),
+                        m.Delivery.delivered_at < m.Delivery.scheduled_at,
+                    )
+                )
+                .order_by(m.Delivery.id)
+            ).scalars()
         )
-    ).scalars()
-    return _result(
-        "deliveries_never_early", "delivery_queue", list(early), "early_delivery_ids", "early"
-    )
+    return _result("deliveries_never_early", "delivery_queue", early, "early_delivery_ids", "early")

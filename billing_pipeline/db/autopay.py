@@ -445,6 +445,7 @@ def books(conn: Connection, account_ids: list[str], nights: list[date]) -> Books
     rows = conn.execute(
         select(
             a.id,
+            a.account_id,
             a.client_id,
             a.night,
             a.idempotency_key,
@@ -470,7 +471,7 @@ def books(conn: Connection, account_ids: list[str], nights: list[date]) -> Books
     ).all()
     return Books(
         payments=[
-            LedgerEntry(r.paid_intent, str(r.id), r.night, r.paid_cents)
+            LedgerEntry(r.paid_intent, str(r.id), r.night, r.paid_cents, r.account_id)
             for r in rows
             if r.paid_intent is not None
         ],

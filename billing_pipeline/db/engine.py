@@ -13,8 +13,14 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from billing_pipeline.config import DatabaseTimeouts, database_timeouts, normalize_database_url
+from billing_pipeline.config import (
+    DatabaseTimeouts,
+    database_timeouts,
+    normalize_database_url,
+    redact_url,
+)
 from billing_pipeline.db.errors import translate_errors, unreachable
+from billing_pipeline.errors import SafeMessageError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _lock = threading.Lock()
@@ -129,6 +135,25 @@ def current_revision(engine: Engine) -> str | None:
 
 def head_revision() -> str | None:
     return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
+class SchemaBehind(SafeMessageError):
+    """The billing database is not at the newest migration: Dagster's resources refuse to run
+    on it rather than migrate it from inside a run (migrations are a deploy step)."""
+
+    def __init__(self, url: str, current: str | None, head: str | None) -> None:
+        super().__init__(
+            f"the billing database {redact_url(url)} is at migration {current or 'none'}, "
+            f"this code needs {head}: run `billing-pipeline db upgrade` (scripts/setup.sh "
+            "does) before starting Dagster"
+        )
+
+
+def require_current(engine: Engine) -> None:
+    """Raise SchemaBehind unless the database is at the newest migration."""
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        raise SchemaBehind(engine.url.render_as_string(hide_password=False), current, head)
 
 
 def upgrade(engine: Engine) -> bool:

@@ -224,6 +224,39 @@ class NightStep(Base):
     run_id: Mapped[str | None] = mapped_column(String(64))
 
 
+class NightStepTry(Base):
+    """The launches of a practice's night step by the `launch_due_nights` sensor, and the
+    last failure a run recorded for it (an error type or a message safe to show, never PHI):
+    the sensor retries with a backoff up to a bounded number of tries, the ledger shows it."""
+
+    __tablename__ = "night_step_tries"
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    night: Mapped[date] = mapped_column(Date, primary_key=True)
+    step: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tries: Mapped[int] = mapped_column(Integer, default=0)
+    last_launched_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_run_key: Mapped[str | None] = mapped_column(String(160))
+    last_error: Mapped[str | None] = mapped_column(String(300))
+    last_failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class PaymentReconciliation(Base):
+    """Finance's table: one row per PaymentIntent (or attempt) on which Stripe and our books
+    disagree for a night, with both sides' figures. The night's rows are replaced each time
+    it is reconciled: no row means the night agrees."""
+
+    __tablename__ = "payment_reconciliations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    night: Mapped[date] = mapped_column(Date, index=True)
+    account_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(24))
+    payment_intent_id: Mapped[str] = mapped_column(String(255))
+    attempt_id: Mapped[str] = mapped_column(String(32))
+    stripe_amount_cents: Mapped[int | None] = mapped_column(Integer)
+    our_amount_cents: Mapped[int | None] = mapped_column(Integer)
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class EligibleSession(Base):
     """The sessions a night found billable (before billing them)."""
 
@@ -249,6 +282,7 @@ class ResolvedSettings(SharingColumns, Base):
     autopay_runs: Mapped[bool] = mapped_column(Boolean)
     autopay_reason: Mapped[str] = mapped_column(String(40))
     payer: Mapped[str] = mapped_column(String(16))
+    payer_id: Mapped[str | None] = mapped_column(String(64))
     payer_payment_method_id: Mapped[str | None] = mapped_column(String(64))
 
 

@@ -5,6 +5,7 @@ never commits; `services.nightly` decides what to write."""
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -13,7 +14,6 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from billing_pipeline.db import models as m
 from billing_pipeline.domain.billing import BillStatus, PlannedBill
-from billing_pipeline.domain.schedule import Step
 
 
 def replace_rows(
@@ -27,6 +27,47 @@ def replace_rows(
     conn.execute(delete(table).where(and_(table.night == night, table.account_id == account_id)))
     if rows:
         conn.execute(insert(table), list(rows))
+
+
+def eligible_session_ids(conn: Connection, account_id: str, night: date) -> list[str]:
+    """The sessions in the night's `eligible_sessions` rows for the account."""
+    return list(
+        conn.execute(
+            select(m.EligibleSession.session_id)
+            .where(
+                and_(m.EligibleSession.night == night, m.EligibleSession.account_id == account_id)
+            )
+            .order_by(m.EligibleSession.session_id)
+        ).scalars()
+    )
+
+
+@dataclass(frozen=True)
+class ResolvedAutopay:
+    """What a night's resolved_settings row says AutoPay does for a client."""
+
+    client_id: str
+    runs: bool
+    reason: str
+    payer: str
+    payer_id: str | None
+    payment_method_id: str | None
+
+
+def resolved_autopay(conn: Connection, account_id: str, night: date) -> dict[str, ResolvedAutopay]:
+    """{client id: AutoPay's decision} from the night's `resolved_settings` rows."""
+    t = m.ResolvedSettings
+    rows = conn.execute(
+        select(
+            t.client_id,
+            t.autopay_runs,
+            t.autopay_reason,
+            t.payer,
+            t.payer_id,
+            t.payer_payment_method_id,
+        ).where(and_(t.night == night, t.account_id == account_id))
+    )
+    return {r.client_id: ResolvedAutopay(*r) for r in rows}
 
 
 def flagged_session_ids(conn: Connection, check: str, session_ids: Collection[str]) -> set[str]:
@@ -51,23 +92,24 @@ def insert_delivery(conn: Connection, **values: Any) -> None:
 
 
 def mark_step(
-    conn: Connection, account_id: str, night: date, step: Step, at: datetime, run_id: str | None
+    conn: Connection, account_id: str, night: date, step: str, at: datetime, run_id: str | None
 ) -> None:
+    """Record that a step (or one asset of a step: `STEP_RECORDS`) did the practice's night."""
     if not step_done(conn, account_id, night, step):
         conn.execute(
             insert(m.NightStep).values(
-                account_id=account_id, night=night, step=step.value, completed_at=at, run_id=run_id
+                account_id=account_id, night=night, step=str(step), completed_at=at, run_id=run_id
             )
         )
 
 
-def step_done(conn: Connection, account_id: str, night: date, step: Step) -> bool:
+def step_done(conn: Connection, account_id: str, night: date, step: str) -> bool:
     found = conn.execute(
         select(m.NightStep.step).where(
             and_(
                 m.NightStep.account_id == account_id,
                 m.NightStep.night == night,
-                m.NightStep.step == step.value,
+                m.NightStep.step == str(step),
             )
         )
     ).first()

@@ -7,7 +7,7 @@ commits. The scenario loader and production share these.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -176,6 +176,11 @@ def _cards(conn: Connection, account_id: str) -> dict[str, Card]:
     }
 
 
+def card_keys(conn: Connection, account_id: str) -> dict[str, str]:
+    """{payment method id: which card it is for AutoPay's count of failures (`Card.key`)}."""
+    return {pm_id: card.key for pm_id, card in _cards(conn, account_id).items()}
+
+
 # What the nightly rules read of a client: settings and ids. Never the name, email, birth date,
 # address or insurance id: what is not read cannot leak into an error or a log.
 CLIENT_SETTINGS_COLUMNS = (
@@ -333,6 +338,27 @@ def load_sessions(
         )
         .order_by(m.SessionRow.starts_at, m.SessionRow.id)
     ).all()
+    return _with_services(conn, srows, at)
+
+
+def load_sessions_by_ids(
+    conn: Connection, session_ids: Collection[str], at: datetime | None = None
+) -> list[Session]:
+    """These sessions, with the services in force at instant `at` (None: the latest), in
+    order of start."""
+    ids = sorted(session_ids)
+    srows: list[Row[Any]] = []
+    for i in range(0, len(ids), 500):
+        srows += conn.execute(
+            select(m.SessionRow.__table__).where(m.SessionRow.id.in_(ids[i : i + 500]))
+        ).all()
+    srows.sort(key=lambda r: (r.starts_at, r.id))
+    return _with_services(conn, srows, at)
+
+
+def _with_services(
+    conn: Connection, srows: Sequence[Row[Any]], at: datetime | None
+) -> list[Session]:
     if not srows:
         return []
     services = services_at(conn, [r.id for r in srows], at)

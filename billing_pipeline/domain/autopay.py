@@ -166,6 +166,20 @@ class LedgerEntry:
     attempt_id: str
     night: date | None
     amount_cents: int
+    account_id: str = ""
+
+
+@dataclass(frozen=True)
+class DriftRow:
+    """One PaymentIntent (or attempt) on which Stripe and our books disagree, with both sides'
+    figures (None where a side does not know it): a row of `payment_reconciliations`."""
+
+    kind: str  # unknown_charge | missing_in_stripe | amount_mismatch | charged_twice
+    payment_intent_id: str
+    attempt_id: str
+    account_id: str
+    stripe_amount_cents: int | None
+    our_amount_cents: int | None
 
 
 @dataclass(frozen=True)
@@ -176,6 +190,7 @@ class LedgerDrift:
     missing_in_stripe: tuple[str, ...] = ()  # a payment row Stripe has no succeeded charge for
     amount_mismatches: tuple[str, ...] = ()  # both know it, with different amounts
     charged_twice: tuple[str, ...] = ()  # attempt ids with more than one succeeded charge
+    rows: tuple[DriftRow, ...] = ()  # the same, one row per PaymentIntent, both sides' figures
 
     @property
     def clean(self) -> bool:
@@ -207,17 +222,41 @@ def compare_ledgers(
     by_intent = {e.payment_intent_id: e for e in stripe if e.attempt_id not in in_flight}
     ours_by_intent = {e.payment_intent_id: e for e in ours}
     per_attempt = Counter(e.attempt_id for e in stripe)
+    unknown = sorted(set(by_intent) - set(ours_by_intent))
+    missing = sorted(set(ours_by_intent) - set(by_intent))
+    mismatched = sorted(
+        pi
+        for pi in set(by_intent) & set(ours_by_intent)
+        if by_intent[pi].amount_cents != ours_by_intent[pi].amount_cents
+    )
+    twice = sorted(a for a, n in per_attempt.items() if n > 1)
+
+    def row(kind: str, pi: str, theirs: LedgerEntry | None, mine: LedgerEntry | None) -> DriftRow:
+        known = theirs or mine
+        assert known is not None
+        return DriftRow(
+            kind,
+            pi,
+            known.attempt_id,
+            known.account_id,
+            theirs.amount_cents if theirs else None,
+            mine.amount_cents if mine else None,
+        )
+
+    rows = [row("unknown_charge", pi, by_intent[pi], None) for pi in unknown]
+    rows += [row("missing_in_stripe", pi, None, ours_by_intent[pi]) for pi in missing]
+    rows += [row("amount_mismatch", pi, by_intent[pi], ours_by_intent[pi]) for pi in mismatched]
+    rows += [
+        row("charged_twice", e.payment_intent_id, e, ours_by_intent.get(e.payment_intent_id))
+        for e in sorted(stripe, key=lambda e: e.payment_intent_id)
+        if e.attempt_id in twice
+    ]
     return LedgerDrift(
-        unknown_charges=tuple(sorted(set(by_intent) - set(ours_by_intent))),
-        missing_in_stripe=tuple(sorted(set(ours_by_intent) - set(by_intent))),
-        amount_mismatches=tuple(
-            sorted(
-                pi
-                for pi in set(by_intent) & set(ours_by_intent)
-                if by_intent[pi].amount_cents != ours_by_intent[pi].amount_cents
-            )
-        ),
-        charged_twice=tuple(sorted(a for a, n in per_attempt.items() if n > 1)),
+        unknown_charges=tuple(unknown),
+        missing_in_stripe=tuple(missing),
+        amount_mismatches=tuple(mismatched),
+        charged_twice=tuple(twice),
+        rows=tuple(rows),
     )
 
 

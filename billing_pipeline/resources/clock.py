@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime
 import dagster as dg
 from pydantic import Field
 
-from billing_pipeline.domain.calendar import start_of_day
+from billing_pipeline.domain.calendar import require_aware, start_of_day
 
 
 class Clock(dg.ConfigurableResource):
@@ -23,6 +23,11 @@ class Clock(dg.ConfigurableResource):
     mode: str = Field(default="wall", description="'wall' (production) or 'logical' (simulate).")
     until_date: str | None = Field(
         default=None, description="Logical mode: the simulation ends at 00:00 on this local date."
+    )
+    at: str | None = Field(
+        default=None,
+        description="Logical mode: the current instant (ISO 8601 with offset), the same for "
+        "every zone; for replays that step the clock (tests of the catch-up sensor).",
     )
 
     @property
@@ -33,6 +38,8 @@ class Clock(dg.ConfigurableResource):
 
     def now_for(self, tz: str) -> datetime:
         """The current instant as seen by a practice in zone `tz`."""
+        if self.logical and self.at:
+            return require_aware(datetime.fromisoformat(self.at), "clock at")
         if self.logical and self.until_date:
             return start_of_day(date.fromisoformat(self.until_date), tz)
         return datetime.now(UTC)

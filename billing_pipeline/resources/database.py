@@ -13,19 +13,27 @@ from sqlalchemy import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from billing_pipeline.config import database_url
-from billing_pipeline.db.engine import get_engine, upgrade
+from billing_pipeline.db.engine import SchemaBehind, get_engine, require_current
 from billing_pipeline.db.errors import DatabaseBusy, DatabaseUnreachable
 from billing_pipeline.errors import SafeMessageError
 
-__all__ = ["BillingDatabase", "DatabaseBusy", "DatabaseUnreachable", "SafeMessageError"]
+__all__ = [
+    "BillingDatabase",
+    "DatabaseBusy",
+    "DatabaseUnreachable",
+    "SafeMessageError",
+    "SchemaBehind",
+]
 
 T = TypeVar("T")
-_migrated: set[str] = set()
+_checked: set[str] = set()
 
 
 class BillingDatabase(dg.ConfigurableResource):
     """The billing database. Empty `url` means BILLING_DATABASE_URL, else the embedded SQLite
-    file in the project's data folder. The schema is brought up to date on first use."""
+    file in the project's data folder. On first use it checks that the schema is at the newest
+    migration and refuses to run otherwise (SchemaBehind, naming `billing-pipeline db
+    upgrade`): migrations are a deploy step, never done from inside a run."""
 
     url: str = Field(default="", description="SQLAlchemy URL; empty for the environment's.")
 
@@ -42,9 +50,9 @@ class BillingDatabase(dg.ConfigurableResource):
     def engine(self) -> Engine:
         url = self.resolved_url()
         engine = get_engine(url)
-        if url not in _migrated:
-            upgrade(engine)
-            _migrated.add(url)
+        if url not in _checked:
+            require_current(engine)
+            _checked.add(url)
         return engine
 
     def transact(self, work: Callable[[Connection], T], attempts: int = 4) -> T:

@@ -29,9 +29,9 @@ from functools import partial
 from sqlalchemy import Connection
 
 from billing_pipeline.db import autopay as records
-from billing_pipeline.db.nightly import mark_step, step_done
+from billing_pipeline.db.nightly import mark_step, resolved_autopay, step_done
 from billing_pipeline.db.owners import ClaimOwner, OwnerProbe, run_id_of
-from billing_pipeline.db.store import load_practice
+from billing_pipeline.db.store import card_keys, load_practice
 from billing_pipeline.domain.autopay import (
     LedgerDrift,
     LedgerEntry,
@@ -59,10 +59,11 @@ from billing_pipeline.resources.payments import (
     Payments,
     StripeUnavailable,
 )
-from billing_pipeline.services.nightly import NightFigures, decide_autopay
+from billing_pipeline.services.nightly import NightFigures
 from billing_pipeline.testing import FaultPoint, fault_point
 
 BILLS_NOT_MADE = "bills_not_made"
+SETTINGS_NOT_RESOLVED = "skipped_settings_not_resolved"
 
 
 # --- Reconciliation ---------------------------------------------------------------------------
@@ -83,13 +84,11 @@ class Reconciled:
 def _unsent_verdict(
     conn: Connection, attempt: records.PendingAttempt, account_id: str, night: date, at: datetime
 ) -> tuple[Unsent, records.ClaimedAttempt | None]:
-    practice = load_practice(conn, account_id, at)
-    client = practice.clients[attempt.client_id]
-    decision = decide_autopay(practice, client, night)
+    decision = resolved_autopay(conn, account_id, night).get(attempt.client_id)
     covered, open_amounts = records.open_amounts_of_covered_bills(conn, attempt.id)
     verdict = unsent_attempt(
-        autopay_runs=decision.runs,
-        payment_method_tonight=decision.card.payment_method_id if decision.card else None,
+        autopay_runs=decision is not None and decision.runs,
+        payment_method_tonight=decision.payment_method_id if decision else None,
         attempt_payment_method=attempt.payment_method_id,
         stored_amount_cents=attempt.amount_cents,
         covered_bills=covered,
@@ -207,18 +206,24 @@ def claim_batch(
     """Claim an attempt for each of these clients that AutoPay may charge tonight (inside one
     transaction that the caller commits before any Stripe call)."""
     claims = []
+    # The night's resolved_settings rows decide (true lineage: the rule is applied once, there).
+    decisions = resolved_autopay(conn, practice.account.id, night)
+    cards = card_keys(conn, practice.account.id)
     for client_id in client_ids:
-        client = practice.clients[client_id]
-        decision = decide_autopay(practice, client, night)
-        if not decision.runs or decision.card is None:
-            figures.add(f"skipped_{decision.reason.value}")
+        decision = decisions.get(client_id)
+        if decision is None:
+            figures.add(SETTINGS_NOT_RESOLVED)
             continue
-        card_id = decision.card.payment_method_id
+        if not decision.runs or decision.payment_method_id is None:
+            figures.add(f"skipped_{decision.reason}")
+            continue
+        card_id = decision.payment_method_id
         key = idempotency_key(client_id, card_id, night)
         if records.attempt_exists(conn, key):
             figures.add("already_attempted")
             continue
-        block = retry_block(records.attempt_history(conn, client_id), decision.card.key)
+        card = cards.get(card_id, f"pm:{card_id}")
+        block = retry_block(records.attempt_history(conn, client_id), card)
         if block != RetryBlock.NONE:
             figures.add(f"skipped_{block.value}")
             continue
@@ -231,8 +236,8 @@ def claim_batch(
             account_id=practice.account.id,
             client_id=client_id,
             night=night,
-            payer=decision.payer.kind,
-            payer_id=decision.payer.id,
+            payer=decision.payer,
+            payer_id=decision.payer_id or client_id,
             payment_method_id=card_id,
             bills=bills,
             attempted_at=at,
@@ -313,6 +318,7 @@ def run_autopay_night(
     with db.engine.connect() as conn:
         ready = step_done(conn, account_id, night, Step.BILLS)
     if not ready:
+        # Bills are made only once the night's settings are resolved, so this covers both.
         figures.add(BILLS_NOT_MADE)
         return figures
 
@@ -418,7 +424,13 @@ def ledger_drift(
     wanted = {n.isoformat(): n for n in nights}
     accounts = set(account_ids)
     theirs = [
-        LedgerEntry(s.id, s.metadata[META_ATTEMPT], wanted[s.metadata[META_NIGHT]], s.amount_cents)
+        LedgerEntry(
+            s.id,
+            s.metadata[META_ATTEMPT],
+            wanted[s.metadata[META_NIGHT]],
+            s.amount_cents,
+            s.metadata[META_ACCOUNT],
+        )
         for s in payments.succeeded_charges()
         if s.metadata.get(META_NIGHT) in wanted
         and s.metadata.get(META_ACCOUNT) in accounts

@@ -13,7 +13,12 @@ from sqlalchemy import Connection
 
 from billing_pipeline.db import models as m
 from billing_pipeline.db import nightly as q
-from billing_pipeline.db.store import billed_session_ids, load_practice, load_sessions
+from billing_pipeline.db.store import (
+    billed_session_ids,
+    load_practice,
+    load_sessions,
+    load_sessions_by_ids,
+)
 from billing_pipeline.domain import calendar as cal
 from billing_pipeline.domain.billing import plan_bills
 from billing_pipeline.domain.delivery import plan_delivery
@@ -25,7 +30,7 @@ from billing_pipeline.domain.documents import (
     superbill_month,
 )
 from billing_pipeline.domain.practice import ClientView, Practice
-from billing_pipeline.domain.schedule import Step
+from billing_pipeline.domain.schedule import STEP_RECORDS, Step
 from billing_pipeline.domain.sessions import Session, needs_cpt_flag, why_not_eligible
 from billing_pipeline.domain.settings import (
     AutopayDecision,
@@ -35,6 +40,11 @@ from billing_pipeline.domain.settings import (
 )
 
 IMPORTED_MISSING_CPT = "imported_session_missing_cpt"
+BILLS_NOT_MADE = "bills_not_made"
+ELIGIBLE = "eligible_sessions"  # recorded in night_steps once the night's rows are written
+RESOLVED = "resolved_settings"  # likewise: AutoPay charges by these rows
+ELIGIBLE_NOT_LISTED = "eligible_sessions_not_listed"
+SUPERBILLS, STATEMENTS = STEP_RECORDS[Step.BILLS][1:]
 
 
 @dataclass
@@ -122,6 +132,7 @@ def record_eligible_sessions(conn: Connection, practice: Practice, night: date) 
             for s in new_flags
         ],
     )
+    q.mark_step(conn, account.id, night, ELIGIBLE, cal.bills_instant(night, account.timezone), None)
     figures.add("eligible_sessions", len(eligible))
     figures.add("imported_sessions_missing_cpt", len(flagged))
     figures.add("new_flags", len(new_flags))
@@ -163,6 +174,7 @@ def record_resolved_settings(conn: Connection, practice: Practice, night: date) 
                 "autopay_runs": decision.runs,
                 "autopay_reason": decision.reason.value,
                 "payer": decision.payer_kind,
+                "payer_id": decision.payer.id,
                 "payer_payment_method_id": decision.card.payment_method_id
                 if decision.card
                 else None,
@@ -180,6 +192,7 @@ def record_resolved_settings(conn: Connection, practice: Practice, night: date) 
         figures.add("settings_warnings", len(warnings))
         figures.ids.extend(w.client_id for w in warnings)
     q.replace_rows(conn, m.ResolvedSettings, account.id, night, rows)
+    q.mark_step(conn, account.id, night, RESOLVED, cal.bills_instant(night, account.timezone), None)
     figures.add("clients", len(rows))
     return figures
 
@@ -224,10 +237,24 @@ def create_bills(
     created_at: datetime,
     run_id: str | None = None,
 ) -> NightFigures:
-    """Bill the night's eligible sessions (daily, or monthly at month end) and queue each
-    bill's delivery in the same transaction, then mark the night's bills step done."""
+    """Bill the sessions of the night's `eligible_sessions` rows (its input: eligibility is
+    decided there, once), daily or monthly at month end, leaving out any that a bill took
+    since (an earlier night of the same run, or another run); queue each bill's delivery in
+    the same transaction, then mark the night's bills step done."""
     figures = NightFigures(practice.account.id, night)
-    eligible, _ = eligible_for_night(conn, practice, night)
+    if not (
+        q.step_done(conn, practice.account.id, night, ELIGIBLE)
+        and q.step_done(conn, practice.account.id, night, RESOLVED)
+    ):
+        # The night's eligible sessions or settings were not written (that step failed for
+        # the practice): nothing is billed and the step is not done, so it runs again.
+        figures.add(ELIGIBLE_NOT_LISTED)
+        return figures
+    listed = q.eligible_session_ids(conn, practice.account.id, night)
+    billed = billed_session_ids(conn, listed)
+    # Services as in force at the bills' instant, as eligibility read them.
+    midnight = cal.bills_instant(night, practice.account.timezone)
+    eligible = load_sessions_by_ids(conn, [sid for sid in listed if sid not in billed], midnight)
     for bill in plan_bills(practice.account.bill_creation, night, eligible):
         bill_id = q.insert_bill(conn, practice.account.id, night, created_at, bill)
         figures.add("bills")
@@ -243,8 +270,13 @@ def create_bills(
 def create_superbills(
     conn: Connection, practice: Practice, night: date, created_at: datetime
 ) -> NightFigures:
-    """On the superbill day, one superbill per client with superbills on, for last month."""
+    """On the superbill day, one superbill per client with superbills on, for last month.
+    Only once the night's bills are made (the 00:00 step goes in order), then recorded done."""
     figures = NightFigures(practice.account.id, night)
+    if not q.step_done(conn, practice.account.id, night, Step.BILLS):
+        figures.add(BILLS_NOT_MADE)
+        return figures
+    q.mark_step(conn, practice.account.id, night, SUPERBILLS, created_at, None)
     month = superbill_month(night, practice.account.superbill_day_of_month)
     if month is None:
         return figures
@@ -278,8 +310,13 @@ def create_statements(
     conn: Connection, practice: Practice, night: date, created_at: datetime
 ) -> NightFigures:
     """At 00:00 on the 1st: a statement for last month for each client with a bill or a
-    payment in it, or an open balance now (after this night's bills)."""
+    payment in it, or an open balance now (after this night's bills, which must be made: the
+    step is then recorded done)."""
     figures = NightFigures(practice.account.id, night)
+    if not q.step_done(conn, practice.account.id, night, Step.BILLS):
+        figures.add(BILLS_NOT_MADE)
+        return figures
+    q.mark_step(conn, practice.account.id, night, STATEMENTS, created_at, None)
     month = statement_month(night)
     client_ids = list(practice.clients)
     if month is None or not client_ids:

@@ -1,28 +1,33 @@
-"""The two nightly schedules across timezones, through Dagster's own schedule test contexts.
+"""The catch-up sensor `launch_due_nights` across timezones, through Dagster's own sensor test
+contexts, on a real billing database (SQLite and PostgreSQL).
 
-Both schedules tick every 15 minutes in UTC and launch, for each night, the practices whose
-00:00 (bills) or 00:30 (AutoPay) passed since the previous tick. The expected instants below
-were worked out by hand from each zone's offset on that date, not computed by the code under
-test.
+The sensor launches, for each practice, the first step of its nights that is due and not
+recorded done. With every step recorded done up to the previous quarter hour, what it launches
+at an instant is what an edge-triggered 15-minute tick would have launched; the tables below
+keep the instants worked out by hand for the former schedules (the pure rule is tested for many
+more cases in tests/unit/test_catch_up_rules.py). tests/integration/test_catch_up.py runs the
+nights it launches.
 """
 
 from __future__ import annotations
 
-import itertools
+import json
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
 from sqlalchemy import Engine
 
+from billing_pipeline.db import models as m
 from billing_pipeline.db.engine import dispose_engines, get_engine, upgrade
-from billing_pipeline.db.store import NewAccount, create_account
-from billing_pipeline.domain.schedule import due_nights
+from billing_pipeline.db.store import NewAccount, NewClient, create_account, create_client
+from billing_pipeline.domain.schedule import STEP_RECORDS, STEPS, step_instant
 from billing_pipeline.domain.settings import BillCreation, Sharing
-from billing_pipeline.partitions import ACCOUNTS_TAG, service_dates
+from billing_pipeline.partitions import ACCOUNTS_TAG, DATABASE_TAG, service_dates
+from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
-from billing_pipeline.schedules import TICK_CRON, autopay_schedule, nightly_billing_schedule
+from billing_pipeline.schedules import launch_due_nights, night_ledger_schedule
 from tests.conftest import create_pg_database, drop_pg_database
 
 ZONES = {
@@ -48,6 +53,9 @@ SHARING = Sharing(
 )
 
 
+CLIENTS_CREATED = datetime(2026, 1, 1, tzinfo=UTC)
+
+
 def utc(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
@@ -67,6 +75,16 @@ def create_accounts(engine: Engine) -> None:
                     defaults=SHARING,
                 ),
             )
+            create_client(
+                conn,
+                NewClient(
+                    id=f"cl-{account_id}",
+                    account_id=account_id,
+                    name="Test Client",
+                    created_at=CLIENTS_CREATED,
+                    own_settings={},
+                ),
+            )
 
 
 @pytest.fixture(
@@ -75,7 +93,8 @@ def create_accounts(engine: Engine) -> None:
 def zones_db(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BillingDatabase]:
-    """A migrated billing database with one practice in each zone (two in Los Angeles)."""
+    """A migrated billing database with one practice in each zone (two in Los Angeles), each
+    with a client created on 2026-01-01."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('zones') / 'billing.db'}"
     else:
@@ -90,25 +109,59 @@ def zones_db(
         dispose_engines()
 
 
-def evaluate(
-    schedule: dg.ScheduleDefinition, db: BillingDatabase, tick: datetime
-) -> list[dg.RunRequest] | dg.SkipReason:
-    with dg.build_schedule_context(scheduled_execution_time=tick, resources={"db": db}) as ctx:
-        result = schedule(ctx)
-    return result  # type: ignore[return-value]  # a schedule's result is typed as any of its forms; ours returns RunRequests or a SkipReason
+def record_done_until(db: BillingDatabase, instant: datetime) -> None:
+    """Start afresh: every step of the nights around `instant` whose time is at or before it
+    is recorded done (each of its records), and nothing was tried."""
+    with db.engine.begin() as conn:
+        conn.execute(m.NightStep.__table__.delete())
+        conn.execute(m.NightStepTry.__table__.delete())
+        rows = []
+        for account_id, tz in ZONES.items():
+            for days in range(-12, 2):
+                night = instant.date() + timedelta(days=days)
+                for step in STEPS:
+                    if step_instant(night, tz, step) <= instant:
+                        rows += [
+                            {
+                                "account_id": account_id,
+                                "night": night,
+                                "step": record,
+                                "completed_at": instant,
+                            }
+                            for record in STEP_RECORDS[step]
+                        ]
+        conn.execute(m.NightStep.__table__.insert(), rows)
 
 
-def requested(result: list[dg.RunRequest] | dg.SkipReason) -> dict[str, list[str]]:
-    """{partition key: sorted account ids} of a schedule's answer; fails on a SkipReason."""
-    assert isinstance(result, list), f"expected RunRequests, got {result!r}"
+def evaluate(db: BillingDatabase, at: datetime) -> dg.SensorResult:
+    """The sensor at the logical instant `at`, on an instance with no run in flight."""
+    clock = Clock(mode="logical", at=at.isoformat())
+    with (
+        dg.DagsterInstance.ephemeral() as instance,
+        dg.build_sensor_context(instance=instance, resources={"db": db, "clock": clock}) as ctx,
+    ):
+        result = launch_due_nights(ctx)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def requested(result: dg.SensorResult, step: str) -> dict[str, list[str]]:
+    """{partition key: sorted account ids} of the sensor's requests for `step`."""
     out: dict[str, list[str]] = {}
-    for request in result:
-        assert isinstance(request, dg.RunRequest)
-        assert request.partition_key not in out, "two requests for the same night in one tick"
+    for request in result.run_requests or []:
+        if request.tags["billing/step"] != step:
+            continue
+        assert request.partition_key not in out, "two requests for the same night and step"
         ids = request.tags[ACCOUNTS_TAG].split(",")
         assert ids == sorted(ids), f"account tag not sorted: {ids}"
         out[request.partition_key] = ids  # type: ignore[index]  # partition_key is optional; each of our requests names its night
     return out
+
+
+def launched(db: BillingDatabase, tick: str, step: str) -> dict[str, list[str]]:
+    at = utc(tick)
+    record_done_until(db, at - timedelta(minutes=15))
+    return requested(evaluate(db, at), step)
 
 
 # (tick in UTC, {night: accounts}) for the bills step; {} means the schedule must skip.
@@ -134,7 +187,6 @@ BILLS_TICKS = [
     # A tick a minute off the quarter (a late tick) still finds the midnight in its period.
     ("2026-06-16T07:01:00", {"2026-06-15": ["acct-la", "acct-la2"]}),
 ]
-
 AUTOPAY_TICKS = [
     ("2026-06-15T18:15:00", {}),
     # Kathmandu 00:30 is 18:45Z, Kolkata's 19:00Z.
@@ -151,320 +203,73 @@ AUTOPAY_TICKS = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("tick", "expected"), BILLS_TICKS)
-def test_nightly_billing_schedule_launches_the_practices_whose_midnight_passed(
+def test_the_sensor_launches_the_practices_whose_midnight_passed(
     zones_db: BillingDatabase, tick: str, expected: dict[str, list[str]]
 ) -> None:
-    result = evaluate(nightly_billing_schedule, zones_db, utc(tick))
-    if not expected:
-        assert isinstance(result, dg.SkipReason), f"{tick}: expected a skip, got {result!r}"
-        assert "bills" in (result.skip_message or "")
-        return
-    assert requested(result) == expected
+    assert launched(zones_db, tick, "bills") == expected
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("tick", "expected"), AUTOPAY_TICKS)
-def test_autopay_schedule_launches_the_practices_whose_0030_passed(
+def test_the_sensor_launches_the_practices_whose_0030_passed(
     zones_db: BillingDatabase, tick: str, expected: dict[str, list[str]]
 ) -> None:
-    result = evaluate(autopay_schedule, zones_db, utc(tick))
-    if not expected:
-        assert isinstance(result, dg.SkipReason), f"{tick}: expected a skip, got {result!r}"
-        assert "autopay" in (result.skip_message or "")
-        return
-    assert requested(result) == expected
+    assert launched(zones_db, tick, "autopay") == expected
 
 
-@pytest.mark.parametrize(
-    ("schedule", "tick", "expected"),
-    [
-        # London springs forward at 01:00Z on 2026-03-29: the night of 03-28 ends at 00:00 GMT
-        # (00:00Z); the night of 03-29 ends at 00:00 BST, 23:00Z the same UTC day.
-        (nightly_billing_schedule, "2026-03-29T00:00:00", {"2026-03-28": ["acct-lon"]}),
-        (autopay_schedule, "2026-03-29T00:30:00", {"2026-03-28": ["acct-lon"]}),
-        (nightly_billing_schedule, "2026-03-29T23:00:00", {"2026-03-29": ["acct-lon"]}),
-        # London falls back at 01:00Z on 2026-10-25: 23:00Z on 10-24 ends the night of 10-24;
-        # the 25-hour day 10-25 ends at 00:00Z on 10-26, and nothing happens at 23:00Z on 10-25.
-        (nightly_billing_schedule, "2026-10-24T23:00:00", {"2026-10-24": ["acct-lon"]}),
-        (nightly_billing_schedule, "2026-10-25T23:00:00", {}),
-        (nightly_billing_schedule, "2026-10-26T00:00:00", {"2026-10-25": ["acct-lon"]}),
-        (autopay_schedule, "2026-10-26T00:30:00", {"2026-10-25": ["acct-lon"]}),
-        # Los Angeles and New York fall back on 2026-11-01 (after midnight): the night of 10-31
-        # still ends on daylight time, the night of 11-01 on standard time, an hour later in UTC.
-        (nightly_billing_schedule, "2026-11-01T07:00:00", {"2026-10-31": ["acct-la", "acct-la2"]}),
-        (nightly_billing_schedule, "2026-11-02T07:00:00", {}),
-        (nightly_billing_schedule, "2026-11-02T08:00:00", {"2026-11-01": ["acct-la", "acct-la2"]}),
-        (nightly_billing_schedule, "2026-11-02T05:00:00", {"2026-11-01": ["acct-ny"]}),
-        # Santiago springs forward at its midnight (2026-09-06 00:00 -04 becomes 01:00 -03):
-        # the day starts at the transition, 04:00Z, and AutoPay comes 30 minutes later.
-        (nightly_billing_schedule, "2026-09-06T04:00:00", {"2026-09-05": ["acct-ny", "acct-scl"]}),
-        (autopay_schedule, "2026-09-06T04:30:00", {"2026-09-05": ["acct-ny", "acct-scl"]}),
-        # The next night Santiago is on -03: 03:00Z.
-        (nightly_billing_schedule, "2026-09-07T03:00:00", {"2026-09-06": ["acct-scl"]}),
-    ],
-)
-@pytest.mark.slow
-def test_daylight_saving_nights(
-    zones_db: BillingDatabase,
-    schedule: dg.ScheduleDefinition,
-    tick: str,
-    expected: dict[str, list[str]],
-) -> None:
-    result = evaluate(schedule, zones_db, utc(tick))
-    if not expected:
-        assert isinstance(result, dg.SkipReason), f"{tick}: expected a skip, got {result!r}"
-        return
-    assert requested(result) == expected
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("step", ["bills", "autopay"])
-@pytest.mark.parametrize("start", ["2026-03-18", "2026-10-18", "2026-08-28"])
-def test_every_night_is_due_exactly_once_per_practice(step: str, start: str) -> None:
-    """Walking every 15-minute tick through three weeks around DST changes (London and the
-    US in March and October/November, Santiago in September), each practice's nights come
-    due exactly once each, in order, with none skipped."""
-    accounts = list(ZONES.items())
-    seen: dict[str, list[date]] = {a: [] for a in ZONES}
-    tick = utc(f"{start}T00:00:00")
-    end = tick + timedelta(days=21)
-    while tick < end:
-        for night, ids in due_nights(accounts, tick, step).items():
-            for account_id in ids:
-                seen[account_id].append(night)
-        tick += timedelta(minutes=15)
-    for account_id, nights in seen.items():
-        assert len(nights) == len(set(nights)), (account_id, nights)
-        assert all(b - a == timedelta(days=1) for a, b in itertools.pairwise(nights)), (
-            account_id,
-            nights,
-        )
-        # 21 days of ticks hold 21 local midnights, give or take the DST hour.
-        assert 20 <= len(nights) <= 22, (account_id, nights)
-
-
-def test_run_requests_are_distinct_and_resolve_against_the_partitions(
+def test_run_requests_name_their_job_night_and_practices_and_resolve(
     zones_db: BillingDatabase,
 ) -> None:
-    """Run keys differ between the schedules and between nights; each request's partition is
-    a partition of the job at the tick (Kiritimati's night is today's UTC date, which exists
-    only thanks to end_offset=1), as the scheduler daemon resolves it."""
+    """Each request runs the step's job for a partition that exists at the tick (Kiritimati's
+    night is today's UTC date, which exists only thanks to end_offset=1), tagged with the
+    step, the practices and the database, as the sensor daemon resolves it; the try is
+    recorded, so the same instant does not launch it again (it waits for its backoff)."""
     from billing_pipeline.definitions import defs
 
     tick = utc("2026-06-16T10:00:00")
-    keys: list[str] = []
-    for schedule, at in (
-        (nightly_billing_schedule, tick),
-        (autopay_schedule, tick + timedelta(minutes=30)),
-    ):
-        with dg.build_schedule_context(
-            scheduled_execution_time=at,
-            resources={"db": zones_db},
-            repository_def=defs.get_repository_def(),
-        ) as ctx:
-            data = schedule.evaluate_tick(ctx)
-        assert data.skip_message is None
-        assert {r.partition_key for r in data.run_requests} == {"2026-06-15", "2026-06-16"}
-        for request in data.run_requests:
-            assert request.tags["dagster/partition"] == request.partition_key
-            assert request.tags["dagster/schedule_name"] == schedule.name
-            keys.append(request.run_key)  # type: ignore[arg-type]  # run_key is optional; our schedules set one on each request
-        assert schedule.job_name == (
-            "nightly_billing_job" if schedule is nightly_billing_schedule else "autopay_job"
-        )
-    assert len(keys) == len(set(keys)) == 4
+    record_done_until(zones_db, tick - timedelta(minutes=15))
+    clock = Clock(mode="logical", at=tick.isoformat())
+    with dg.build_sensor_context(
+        resources={"db": zones_db, "clock": clock},
+        repository_def=defs.get_repository_def(),
+        instance=dg.DagsterInstance.ephemeral(),
+    ) as ctx:
+        data = launch_due_nights.evaluate_tick(ctx)
+    assert data.skip_message is None
+    assert {(r.partition_key, r.job_name) for r in data.run_requests} == {
+        ("2026-06-15", "nightly_billing_job"),
+        ("2026-06-16", "nightly_billing_job"),
+    }
+    keys = {r.run_key for r in data.run_requests}
+    assert len(keys) == 2
+    for request in data.run_requests:
+        assert request.tags["dagster/partition"] == request.partition_key
+        assert request.tags[DATABASE_TAG] == zones_db.fingerprint()
+        assert request.tags["billing/try"] == "1"
     assert service_dates.get_partition_keys(current_time=tick)[-1] == "2026-06-16"
+    cursor = json.loads(data.cursor or "{}")
+    assert cursor["evaluated_at"] == tick.isoformat() and set(cursor["launched"]) == keys
+
+    # Not done yet (the runs did not happen here): launched again once the backoff passed.
+    assert not evaluate(zones_db, tick + timedelta(minutes=9)).run_requests
+    again = evaluate(zones_db, tick + timedelta(minutes=10))
+    assert {r.tags["billing/try"] for r in again.run_requests or []} == {"2"}
+    assert not ({r.run_key for r in again.run_requests or []} & keys)
 
 
-def test_schedule_cron_and_timezone() -> None:
-    for schedule in (nightly_billing_schedule, autopay_schedule):
-        assert schedule.cron_schedule == "*/15 * * * *" == TICK_CRON
-        assert schedule.execution_timezone == "UTC"
-        assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-        assert set(schedule.required_resource_keys) == {"db"}
+def test_sensor_and_ledger_schedule_definitions() -> None:
+    assert launch_due_nights.minimum_interval_seconds == 30
+    assert launch_due_nights.default_status == dg.DefaultSensorStatus.RUNNING
+    assert set(launch_due_nights.required_resource_keys) == {"db", "clock"}
+    assert night_ledger_schedule.cron_schedule == "*/15 * * * *"
+    assert night_ledger_schedule.execution_timezone == "UTC"
 
 
 def test_a_database_without_practices_skips(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     upgrade(get_engine(url))
     try:
-        result = evaluate(
-            nightly_billing_schedule, BillingDatabase(url=url), utc("2026-06-16T07:00:00")
-        )
-        assert isinstance(result, dg.SkipReason)
+        result = evaluate(BillingDatabase(url=url), utc("2026-06-16T07:00:00"))
+        assert not result.run_requests and result.skip_reason
     finally:
         dispose_engines()
-
-
-# --- due_nights, the pure rule under the schedules -------------------------------------------
-
-DUE_NIGHTS_CASES = [
-    # (accounts, tick, step, period, expected)
-    pytest.param(
-        [("a", "America/Los_Angeles")],
-        "2026-06-16T07:00:00",
-        "bills",
-        None,
-        {date(2026, 6, 15): ["a"]},
-        id="la-midnight-exactly-on-the-tick",
-    ),
-    pytest.param(
-        [("a", "America/Los_Angeles")],
-        "2026-06-16T06:59:59",
-        "bills",
-        None,
-        {},
-        id="la-a-second-before-midnight",
-    ),
-    pytest.param(
-        [("a", "America/Los_Angeles")],
-        "2026-06-16T07:15:00",
-        "bills",
-        None,
-        {},
-        id="period-is-open-at-its-start",
-    ),
-    pytest.param(
-        [("a", "America/Los_Angeles")],
-        "2026-06-16T07:14:59",
-        "bills",
-        None,
-        {date(2026, 6, 15): ["a"]},
-        id="period-just-before-its-start-excluded-end",
-    ),
-    pytest.param(
-        [("a", "America/Los_Angeles")],
-        "2026-06-16T07:30:00",
-        "autopay",
-        None,
-        {date(2026, 6, 15): ["a"]},
-        id="autopay-at-0030",
-    ),
-    pytest.param(
-        [("a", "America/Los_Angeles")],
-        "2026-06-16T07:30:00",
-        "bills",
-        None,
-        {},
-        id="bills-not-at-0030",
-    ),
-    pytest.param(
-        [("k", "Asia/Kathmandu"), ("i", "Asia/Kolkata")],
-        "2026-06-15T18:15:00",
-        "bills",
-        None,
-        {date(2026, 6, 15): ["k"]},
-        id="kathmandu-quarter-hour-offset",
-    ),
-    pytest.param(
-        [("k", "Asia/Kathmandu"), ("i", "Asia/Kolkata")],
-        "2026-06-15T18:30:00",
-        "bills",
-        timedelta(minutes=30),
-        {date(2026, 6, 15): ["i", "k"]},
-        id="longer-period-catches-both",
-    ),
-    pytest.param(
-        [("kir", "Pacific/Kiritimati"), ("hnl", "Pacific/Honolulu")],
-        "2026-06-16T10:00:00",
-        "bills",
-        None,
-        {date(2026, 6, 15): ["hnl"], date(2026, 6, 16): ["kir"]},
-        id="plus14-and-minus10-two-nights",
-    ),
-    pytest.param(
-        [("p", "Pacific/Pago_Pago")],
-        "2026-06-16T11:00:00",
-        "bills",
-        None,
-        {date(2026, 6, 15): ["p"]},
-        id="pago-pago-minus11",
-    ),
-    pytest.param(
-        [("l", "Europe/London")],
-        "2026-03-29T00:00:00",
-        "bills",
-        None,
-        {date(2026, 3, 28): ["l"]},
-        id="london-spring-forward-night-before",
-    ),
-    pytest.param(
-        [("l", "Europe/London")],
-        "2026-03-29T23:00:00",
-        "bills",
-        None,
-        {date(2026, 3, 29): ["l"]},
-        id="london-spring-forward-night-of",
-    ),
-    pytest.param(
-        [("l", "Europe/London")],
-        "2026-10-25T23:00:00",
-        "bills",
-        None,
-        {},
-        id="london-25-hour-day-no-midnight-at-2300",
-    ),
-    pytest.param(
-        [("l", "Europe/London")],
-        "2026-10-26T00:00:00",
-        "bills",
-        None,
-        {date(2026, 10, 25): ["l"]},
-        id="london-25-hour-day-ends-at-0000z",
-    ),
-    pytest.param(
-        [("s", "America/Santiago")],
-        "2026-09-06T04:00:00",
-        "bills",
-        None,
-        {date(2026, 9, 5): ["s"]},
-        id="santiago-midnight-that-does-not-exist",
-    ),
-    pytest.param(
-        [("s", "America/Santiago")],
-        "2026-09-06T04:30:00",
-        "autopay",
-        None,
-        {date(2026, 9, 5): ["s"]},
-        id="santiago-autopay-30-minutes-after",
-    ),
-    pytest.param(
-        [("b", "America/Los_Angeles"), ("a", "America/Los_Angeles")],
-        "2026-06-16T07:00:00",
-        "bills",
-        None,
-        {date(2026, 6, 15): ["a", "b"]},
-        id="ids-sorted",
-    ),
-    pytest.param(
-        [("a", "America/Los_Angeles")],
-        "2026-06-17T07:00:00",
-        "bills",
-        timedelta(days=2),
-        {date(2026, 6, 15): ["a"], date(2026, 6, 16): ["a"]},
-        id="catch-up-period-two-nights-in-order",
-    ),
-    pytest.param([], "2026-06-16T07:00:00", "bills", None, {}, id="no-accounts"),
-]
-
-
-@pytest.mark.parametrize(("accounts", "tick", "step", "period", "expected"), DUE_NIGHTS_CASES)
-def test_due_nights(
-    accounts: list[tuple[str, str]],
-    tick: str,
-    step: str,
-    period: timedelta | None,
-    expected: dict[date, list[str]],
-) -> None:
-    kwargs = {"period": period} if period is not None else {}
-    got = due_nights(accounts, utc(tick), step, **kwargs)
-    assert got == expected
-    assert list(got) == sorted(got)
-
-
-def test_due_nights_takes_any_aware_tick() -> None:
-    """The same instant written in another offset gives the same answer."""
-    accounts = [("a", "America/Los_Angeles")]
-    in_utc = due_nights(accounts, utc("2026-06-16T07:00:00"), "bills")
-    in_ny = due_nights(accounts, datetime.fromisoformat("2026-06-16T03:00:00-04:00"), "bills")
-    assert in_utc == in_ny == {date(2026, 6, 15): ["a"]}

@@ -64,6 +64,19 @@ def test_compare_ledgers(
         assert getattr(got, key) == drift.get(key, ())
 
 
+def test_drift_rows_carry_both_sides_figures() -> None:
+    got = compare_ledgers(
+        [pi("pi_1", "1", 100), pi("pi_2", "2", 50)], [pi("pi_1", "1", 90), pi("pi_3", "3", 70)]
+    )
+    assert {
+        (r.kind, r.payment_intent_id, r.stripe_amount_cents, r.our_amount_cents) for r in got.rows
+    } == {
+        ("amount_mismatch", "pi_1", 100, 90),
+        ("unknown_charge", "pi_2", 50, None),
+        ("missing_in_stripe", "pi_3", None, 70),
+    }
+
+
 def _drift(result) -> dict:
     evaluation = check_evaluations(result)[CHECK]
     return {"passed": evaluation.passed, **evaluation.metadata["drift"].value}
@@ -78,6 +91,8 @@ def test_clean_nights_pass_and_every_kind_of_drift_is_reported(
     assert _drift(result) == {"passed": True}
     mat = result.asset_materializations_for_node("payment_reconciliations")[0]
     assert mat.metadata["nights_with_drift"].value == 0
+    with engine.connect() as conn:
+        assert not conn.execute(select(m.PaymentReconciliation.id)).all()  # no row: agrees
 
     book = ledger(engine, localstripe.url)
     first, second, third = book.attempts_with("succeeded")
@@ -129,6 +144,20 @@ def test_clean_nights_pass_and_every_kind_of_drift_is_reported(
     assert report["missing_in_stripe"] == ["pi_we_made_up"]
     assert report["amount_mismatches"] == [third.stripe_payment_intent_id]
     assert report["charged_twice_attempt_ids"] == [str(first.id)]
+    # Finance's table: one row per PaymentIntent that disagrees, with both sides' figures.
+    with engine.connect() as conn:
+        table = {
+            (r.kind, r.payment_intent_id): (r.stripe_amount_cents, r.our_amount_cents)
+            for r in conn.execute(select(m.PaymentReconciliation)).all()
+            if r.night == N1
+        }
+    assert table[("amount_mismatch", third.stripe_payment_intent_id)] == (
+        third.amount_cents,
+        third.amount_cents + 1,
+    )
+    assert table[("missing_in_stripe", "pi_we_made_up")] == (None, second.amount_cents)
+    assert table[("unknown_charge", stray.id)] == (first.amount_cents, None)
+    assert ("charged_twice", stray.id) in table
     # Loud: an error in the run's log, with ids only.
     (error,) = [
         e.user_message

@@ -243,18 +243,19 @@ def _workspace(
 
 
 def _pause_ticks(instance: dg.DagsterInstance, workspace: WorkspaceProcessContext) -> None:
-    """Stop the two 15-minute schedules and the delivery sensor (RUNNING by default) before the
-    daemon starts, as `dagster schedule stop` and `dagster sensor stop` do. The daemon would run
-    them too: a tick falling inside the test would run tonight's steps on top of the backfill,
-    and the sensor would share documents at wall-clock minutes, so the reports would depend on
-    when the test runs. Only the backfill runs here."""
+    """Stop the ledger's schedule, the catch-up sensor and the delivery sensor (RUNNING by
+    default) before the daemon starts, as `dagster schedule stop` and `dagster sensor stop` do.
+    The daemon would run them too: the catch-up sensor would launch the nights inside its
+    horizon on top of the backfill, and the delivery sensor would share documents at
+    wall-clock minutes, so the reports would depend on when the test runs. Only the backfill
+    runs here."""
     location = workspace.create_request_context().get_code_location("billing_pipeline")
     (repo,) = location.get_repositories().values()
-    for name in ("nightly_billing_schedule", "autopay_schedule"):
-        schedule = repo.get_schedule(name)
-        instance.stop_schedule(schedule.get_remote_origin_id(), schedule.selector_id, schedule)
-    sensor = repo.get_sensor("deliver_due_documents")
-    instance.stop_sensor(sensor.get_remote_origin_id(), sensor.selector_id, sensor)
+    schedule = repo.get_schedule("night_ledger_schedule")
+    instance.stop_schedule(schedule.get_remote_origin_id(), schedule.selector_id, schedule)
+    for name in ("launch_due_nights", "deliver_due_documents"):
+        sensor = repo.get_sensor(name)
+        instance.stop_sensor(sensor.get_remote_origin_id(), sensor.selector_id, sensor)
 
 
 # `dagster-daemon run` (the console script's own two lines), with the backfill daemon's

@@ -363,7 +363,8 @@ def test_changes_apply_refuses_a_bad_file_whole_and_writes_nothing(
 def test_the_imported_cpt_check_resolves_a_session_given_a_code(
     engine: Engine, localstripe: LocalStripe, tmp_path: Path
 ) -> None:
-    """A flagged imported session warns until staff add its CPT code; then the check passes
+    """A flagged imported session warns on the nights that meet it without a CPT code and
+    counts as open overall; once staff add its code the next night passes, nothing is open,
     and the flag stays in the history (the report still lists it)."""
     from billing_pipeline.checks.invariants import imported_sessions_have_cpt_codes
     from billing_pipeline.services.nightly import record_eligible_sessions
@@ -377,19 +378,22 @@ def test_the_imported_cpt_check_resolves_a_session_given_a_code(
         figures = record_eligible_sessions(conn, practice, NIGHT)
     assert figures.counts["new_flags"] == 1
     with engine.connect() as conn:
-        check = imported_sessions_have_cpt_codes(conn)
+        check = imported_sessions_have_cpt_codes(conn, figures.ids)
     assert not check.passed
     assert check.metadata["session_ids"].value == ["s-k"]
+    assert check.metadata["open_overall"].value == 1
 
     apply_changes(write(tmp_path, {"changes": services_change}, "cpt.json"), engine, payments)
     with engine.connect() as conn:
-        check = imported_sessions_have_cpt_codes(conn)
         flags = conn.execute(select(m.CheckFlag.session_id)).scalars().all()
         practice = store.load_practice(conn, "acct-k", BILLS_AT + MINUTE)
-    assert check.passed
     assert flags == ["s-k"]
     with engine.begin() as conn:  # the next night: eligible (auto_bill on), no longer flagged
         figures = record_eligible_sessions(conn, practice, NIGHT + timedelta(days=1))
+    with engine.connect() as conn:
+        check = imported_sessions_have_cpt_codes(conn, figures.ids)
+    assert check.passed
+    assert check.metadata["open_overall"].value == 0
     assert (
         figures.counts["eligible_sessions"],
         figures.counts["imported_sessions_missing_cpt"],
