@@ -212,6 +212,25 @@ def explain_cmd(client_id: str, night: str | None) -> None:
     click.echo(text)
 
 
+@main.command("trail")
+@click.argument("bill_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the trail as JSON.")
+def trail_cmd(bill_id: str, as_json: bool) -> None:
+    """BILL_ID's whole story in order (bill-N as in report --json): sessions and services,
+    settings and where each came from, Dagster runs, AutoPay, payment, deliveries. Ids and
+    amounts only."""
+    from billing_pipeline.config import database_url
+    from billing_pipeline.resources.database import BillingDatabase
+    from billing_pipeline.services.trail import UnknownBill, build_trail, render_trail
+
+    with _engine().connect() as conn:
+        try:
+            trail = build_trail(conn, bill_id, BillingDatabase(url=database_url()).fingerprint())
+        except UnknownBill as err:
+            raise BadInput(str(err)) from None
+    click.echo(json.dumps(trail, indent=2) if as_json else render_trail(trail))
+
+
 @main.group()
 def documents() -> None:
     """PDFs of the bills, superbills and statements the automation made."""
