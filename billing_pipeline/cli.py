@@ -232,6 +232,89 @@ def trail_cmd(bill_id: str, as_json: bool) -> None:
 
 
 @main.group()
+def autopay() -> None:
+    """AutoPay nights the anomaly guard held, and its thresholds."""
+
+
+def _who(by: str | None) -> str:
+    import getpass
+
+    who = by or os.environ.get("BILLING_STAFF") or getpass.getuser()
+    return who.strip()[:120] or "unknown"
+
+
+@autopay.command("holds")
+@click.option("--account", "account_id", default=None, help="Only this practice's.")
+def autopay_holds(account_id: str | None) -> None:
+    """The nights the guard held, why, and who released them and when."""
+    from billing_pipeline.db.guard import holds
+    from billing_pipeline.services.guard import hold_words
+
+    with _engine().connect() as conn:
+        found = holds(conn, [account_id] if account_id else None)
+    for hold in found:
+        click.echo(hold_words(hold))
+    if not found:
+        click.echo("no night held")
+
+
+@autopay.command("release")
+@click.argument("account_id")
+@click.argument("night")
+@click.option("--by", default=None, help="Who releases it (default: $BILLING_STAFF, the user).")
+def autopay_release(account_id: str, night: str, by: str | None) -> None:
+    """Release ACCOUNT_ID's NIGHT held by the anomaly guard: the night's next AutoPay run
+    charges it (once). Who and when are recorded."""
+    from datetime import UTC, datetime
+
+    from billing_pipeline.db.guard import hold_of, release_hold
+
+    day = _date(night, "NIGHT")
+    who = _who(by)
+    with _engine().begin() as conn:
+        hold = hold_of(conn, account_id, day)
+        if hold is None:
+            raise BadInput(f"no AutoPay hold for account {account_id!r} on the night of {day}")
+        if hold.released:
+            click.echo(f"already released by {hold.released_by} at {hold.released_at}")
+            return
+        release_hold(conn, account_id, day, who, datetime.now(UTC))
+    click.echo(
+        f"released AutoPay for account {account_id} night {day} (by {who}); the night's next "
+        "AutoPay run charges it"
+    )
+
+
+@autopay.command("guard")
+@click.argument("account_id")
+@click.option("--multiple-percent", type=click.IntRange(101, 10_000), default=None)
+@click.option("--min-nights", type=click.IntRange(1, 365), default=None)
+@click.option("--window-nights", type=click.IntRange(1, 365), default=None)
+@click.option("--min-extra-charges", type=click.IntRange(0, 100_000), default=None)
+@click.option("--min-extra-cents", type=click.IntRange(0, 10**9), default=None)
+@click.option("--client-cap-cents", type=click.IntRange(1, 10**9), default=None)
+@click.option("--by", default=None, help="Who changes them (default: $BILLING_STAFF, the user).")
+def autopay_guard(account_id: str, by: str | None, **given: int | None) -> None:
+    """Show ACCOUNT_ID's anomaly-guard thresholds, or change those given."""
+    from dataclasses import asdict, replace
+    from datetime import UTC, datetime
+
+    from billing_pipeline.db.guard import guard_settings, set_guard_settings
+    from billing_pipeline.db.store import list_accounts
+
+    with _engine().begin() as conn:
+        if not list_accounts(conn, [account_id]):
+            raise BadInput(f"account_id: no account {account_id!r} in the billing database")
+        settings = guard_settings(conn, account_id)
+        changes = {k: v for k, v in given.items() if v is not None}
+        if changes:
+            settings = replace(settings, **changes)
+            set_guard_settings(conn, account_id, settings, _who(by), datetime.now(UTC))
+    for key, value in asdict(settings).items():
+        click.echo(f"{key}: {value}")
+
+
+@main.group()
 def documents() -> None:
     """PDFs of the bills, superbills and statements the automation made."""
 

@@ -36,13 +36,10 @@ from billing_pipeline.domain.autopay import (
     LedgerDrift,
     LedgerEntry,
     Outcome,
-    RetryBlock,
     Unsent,
     compare_ledgers,
-    idempotency_key,
     listed_or_known_before,
     owner_is_dead,
-    retry_block,
     unsent_attempt,
 )
 from billing_pipeline.domain.practice import Practice
@@ -59,6 +56,8 @@ from billing_pipeline.resources.payments import (
     Payments,
     StripeUnavailable,
 )
+from billing_pipeline.services.autopay_gates import NO_OPEN_BALANCE, autopay_gate
+from billing_pipeline.services.guard import HELD_BY_GUARD, guard_night
 from billing_pipeline.services.nightly import NightFigures, decide_autopay
 from billing_pipeline.testing import FaultPoint, fault_point
 
@@ -208,23 +207,15 @@ def claim_batch(
     transaction that the caller commits before any Stripe call)."""
     claims = []
     for client_id in client_ids:
-        client = practice.clients[client_id]
-        decision = decide_autopay(practice, client, night)
-        if not decision.runs or decision.card is None:
-            figures.add(f"skipped_{decision.reason.value}")
+        gate = autopay_gate(conn, practice, client_id, night, at)
+        if gate.stopped_by is not None:
+            if gate.stopped_by != NO_OPEN_BALANCE:
+                figures.add(gate.stopped_by)
+            continue
+        decision, key, bills = gate.decision, gate.key, gate.bills
+        if decision.card is None or key is None:  # not so once the gates let it through
             continue
         card_id = decision.card.payment_method_id
-        key = idempotency_key(client_id, card_id, night)
-        if records.attempt_exists(conn, key):
-            figures.add("already_attempted")
-            continue
-        block = retry_block(records.attempt_history(conn, client_id), decision.card.key)
-        if block != RetryBlock.NONE:
-            figures.add(f"skipped_{block.value}")
-            continue
-        bills = [b for b in records.open_bills(conn, client_id, at) if b.amount_cents > 0]
-        if not bills:
-            continue
         claim = records.claim_attempt(
             conn,
             key=key,
@@ -371,6 +362,11 @@ def run_autopay_night(
     with db.engine.connect() as conn:
         practice = load_practice(conn, account_id, at)  # as of the night's 00:30
         candidates = records.clients_with_open_bills(conn, account_id, at)
+    # The anomaly guard (services/guard.py): a night unlike the practice's history is held;
+    # nothing is charged and the step stays not done until staff release it.
+    if db.transact(lambda conn: guard_night(conn, practice, candidates, night, at).held):
+        figures.add(HELD_BY_GUARD)
+        return figures
     attempts = 0
     for start in range(0, len(candidates), max(batch_size, 1)):
         if not owner.still_held():

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Row, select
 
 from billing_pipeline.db import models as m
 from billing_pipeline.db.autopay import AttemptForStaff, attempt_history, attempts_for_staff
+from billing_pipeline.db.guard import hold_of
 from billing_pipeline.db.store import (
     ACCOUNT,
     ACCOUNT_FIELDS,
@@ -49,6 +50,7 @@ from billing_pipeline.domain.settings import (
     settings_warnings,
     short_name,
 )
+from billing_pipeline.services.guard import hold_words
 from billing_pipeline.services.nightly import decide_autopay
 
 # Why an attempt is still pending (the code we noted) or ended as an error, for staff.
@@ -245,6 +247,9 @@ def explain(conn: Connection, client_id: str, night: date | None = None) -> str:
         block = retry_block(attempt_history(conn, client_id), decision.card.key)
         if block != RetryBlock.NONE:
             lines.append(f"  But AutoPay will not charge this card: {RETRY_WORDS[block]}.")
+    hold = hold_of(conn, row.account_id, night)  # the anomaly guard (services/guard.py)
+    if hold is not None:
+        lines.append(_sentence(f"  {hold_words(hold)}"))
     lines.extend(
         f"Warning: {w.message}"
         for w in settings_warnings(
