@@ -212,6 +212,26 @@ def explain_cmd(client_id: str, night: str | None) -> None:
     click.echo(text)
 
 
+@main.command("preview")
+@click.argument("account_id")
+@click.option("--night", default=None, help="Service date (default: the coming night).")
+@click.option("--json", "as_json", is_flag=True, help="Print the preview as JSON.")
+def preview_cmd(account_id: str, night: str | None, as_json: bool) -> None:
+    """What ACCOUNT_ID's night would do (bills, superbills, statements, AutoPay with each
+    gate, documents to share and when, against the night before), computed by the night's own
+    code in a transaction that is rolled back: nothing is written, nothing is charged."""
+    from datetime import UTC, datetime
+
+    from billing_pipeline.services.preview import UnknownAccount, build_preview, render_preview
+
+    day = _date(night, "--night") if night else None
+    try:
+        preview = build_preview(_engine(), account_id, day, datetime.now(UTC))
+    except UnknownAccount as err:
+        raise BadInput(str(err)) from None
+    click.echo(json.dumps(preview, indent=2) if as_json else render_preview(preview))
+
+
 @main.command("trail")
 @click.argument("bill_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the trail as JSON.")
