@@ -3,6 +3,7 @@
 import dagster as dg
 
 from billing_pipeline.assets.chain import NIGHT_CHAIN
+from billing_pipeline.assets.preview import night_preview
 from billing_pipeline.checks.documents import DOCUMENT_CHECKS
 from billing_pipeline.jobs import (
     autopay_job,
@@ -22,7 +23,7 @@ from billing_pipeline.schedules import (
 )
 
 defs = dg.Definitions(
-    assets=list(NIGHT_CHAIN),
+    assets=[*NIGHT_CHAIN, night_preview],
     asset_checks=DOCUMENT_CHECKS,
     jobs=[nightly_billing_job, autopay_job, nightly_chain_job, deliver_documents_job],
     schedules=[nightly_billing_schedule, autopay_schedule],
