@@ -100,8 +100,8 @@ def hold_words(hold: q.Hold) -> str:
     if hold.released_at is not None:
         return (
             f"{text}; released by {hold.released_by} at "
-            f"{hold.released_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC, so the night's AutoPay "
-            "charges it on its next run"
+            f"{hold.released_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC: the night's AutoPay "
+            "charges it (once) on its first run after that"
         )
     return (
         f"{text}; nothing is charged for this practice's night until staff release it "
