@@ -232,6 +232,51 @@ def preview_cmd(account_id: str, night: str | None, as_json: bool) -> None:
     click.echo(json.dumps(preview, indent=2) if as_json else render_preview(preview))
 
 
+@main.group()
+def summary() -> None:
+    """The evening summary: tonight's preview emailed to a practice's staff."""
+
+
+@summary.command("staff")
+@click.argument("account_id")
+@click.option("--email", required=True, help="The practice staff's address (not a client's).")
+@click.option("--hour", type=click.IntRange(0, 23), default=18, help="Local hour (default 18).")
+def summary_staff(account_id: str, email: str, hour: int) -> None:
+    """Send ACCOUNT_ID's evening summary to EMAIL from HOUR, local time."""
+    from datetime import UTC, datetime
+
+    from billing_pipeline.db.store import list_accounts
+    from billing_pipeline.db.summary import set_staff
+
+    if "@" not in email or len(email) > 320:
+        raise BadInput("--email: not an email address")
+    with _engine().begin() as conn:
+        if not list_accounts(conn, [account_id]):
+            raise BadInput(f"account_id: no account {account_id!r} in the billing database")
+        set_staff(conn, account_id, email.strip(), hour, datetime.now(UTC))
+    click.echo(f"account {account_id}: evening summary at {hour:02d}:00 local time")
+
+
+@summary.command("send-due")
+def summary_send_due() -> None:
+    """Send the evening summaries whose local hour has come (once per practice and night);
+    run it every few minutes."""
+    from datetime import UTC, datetime
+
+    from billing_pipeline.config import database_url
+    from billing_pipeline.resources.database import BillingDatabase
+    from billing_pipeline.resources.notifier import Notifier
+    from billing_pipeline.services.summary import send_due_summaries
+
+    fingerprint = BillingDatabase(url=database_url()).fingerprint()
+    done = send_due_summaries(_engine(), Notifier(), datetime.now(UTC), fingerprint)
+    if done.smtp_not_configured:
+        raise BadInput("no SMTP host is set (BILLING_SMTP_HOST): no summary sent")
+    click.echo(f"summaries: {done.sent} sent, {done.failed} failed (retried on the next call)")
+    if done.failed:
+        sys.exit(1)
+
+
 @main.command("trail")
 @click.argument("bill_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the trail as JSON.")

@@ -515,3 +515,25 @@ class AutopayHold(Base):
     details: Mapped[str] = mapped_column(Text)  # JSON: figures, medians, words for staff
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     released_by: Mapped[str | None] = mapped_column(String(120))
+
+
+class PracticeStaff(Base):
+    """Where a practice's evening summary goes (a staff address, not a client's) and at which
+    local hour; no row: no summary."""
+
+    __tablename__ = "practice_staff"
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    staff_email: Mapped[str] = mapped_column(String(320))
+    summary_hour: Mapped[int] = mapped_column(Integer)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class EveningSummary(Base):
+    """One evening summary per practice and night: claimed before it is sent, marked sent."""
+
+    __tablename__ = "evening_summaries"
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    night: Mapped[date] = mapped_column(Date, primary_key=True)
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    message_id: Mapped[str] = mapped_column(String(200))

@@ -1,5 +1,5 @@
 """The AutoPay anomaly guard: per-account thresholds and the nights it held (who released them
-and when)
+and when); the practices' evening summaries (staff address and hour, one per night)
 
 Revision ID: 0005
 Revises: 0004
@@ -51,7 +51,35 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("account_id", "night", name=op.f("pk_autopay_holds")),
     )
 
+    op.create_table(
+        "practice_staff",
+        sa.Column("account_id", sa.String(length=64), nullable=False),
+        sa.Column("staff_email", sa.String(length=320), nullable=False),
+        sa.Column("summary_hour", sa.Integer(), nullable=False),
+        sa.Column("changed_at", billing_pipeline.db.types.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_practice_staff_account_id_accounts")
+        ),
+        sa.PrimaryKeyConstraint("account_id", name=op.f("pk_practice_staff")),
+    )
+    op.create_table(
+        "evening_summaries",
+        sa.Column("account_id", sa.String(length=64), nullable=False),
+        sa.Column("night", sa.Date(), nullable=False),
+        sa.Column("claimed_at", billing_pipeline.db.types.UTCDateTime(), nullable=False),
+        sa.Column("sent_at", billing_pipeline.db.types.UTCDateTime(), nullable=True),
+        sa.Column("message_id", sa.String(length=200), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"],
+            ["accounts.id"],
+            name=op.f("fk_evening_summaries_account_id_accounts"),
+        ),
+        sa.PrimaryKeyConstraint("account_id", "night", name=op.f("pk_evening_summaries")),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("evening_summaries")
+    op.drop_table("practice_staff")
     op.drop_table("autopay_holds")
     op.drop_table("autopay_guard_settings")
