@@ -13,7 +13,7 @@ import pytest
 from dagster import DagsterInstance
 
 from tests.conftest import CONTRACT
-from tests.contract.runner import cli_in_process
+from tests.contract.runner import cli_in_process, report_of, simulate_in_process
 from tests.simulated import Simulations
 
 PUBLIC = sorted((CONTRACT / "scenarios").glob("*.expected.json")) + sorted(
@@ -119,3 +119,40 @@ def test_trail_of_an_unknown_bill_is_bad_input(backend: str, simulations: Simula
         done = cli_in_process(sim.env, "trail", ref)
         assert done.returncode == 2
         assert "bill_id:" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_trail_names_the_notification_message_the_client_received(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """With SMTP set, a shared bill's trail gives the Message-ID of the email that went out
+    (aiosmtpd on loopback), and the share and send instants."""
+    from email import message_from_bytes
+
+    from billing_pipeline.smtp_sink import SmtpSink
+
+    scenario = CONTRACT / "scenarios" / "daily_autopay.json"
+    assert cli_in_process(cli_env, "scenario", "load", str(scenario)).returncode == 0
+    with SmtpSink(tmp_path / "emails") as sink:
+        env = {**cli_env, "BILLING_SMTP_HOST": "127.0.0.1", "BILLING_SMTP_PORT": str(sink.port)}
+        assert simulate_in_process(env, "2026-11-02", "2026-11-02") == []
+    received = {
+        message_from_bytes(p.read_bytes())["Message-ID"]
+        for p in (tmp_path / "emails").glob("*.eml")
+    }
+    report = report_of(cli_env, run=cli_in_process)
+    shared = [
+        d["document_id"]
+        for d in report["deliveries"]
+        if d["document_type"] == "bill" and d["delivered_at"] is not None
+    ]
+    assert shared and received
+    for bill_id in shared:
+        trail = json.loads(_trail(cli_env, bill_id, "--json").stdout)
+        [delivery] = trail["deliveries"]
+        assert delivery["email"]["status"] == "sent"
+        assert delivery["email"]["message_id"] in received
+        assert delivery["email"]["sent_at"] is not None
+        text = _trail(cli_env, bill_id).stdout
+        assert f"Message-ID {delivery['email']['message_id']}" in text
+        assert "notification email sent" in text
