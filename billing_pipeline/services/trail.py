@@ -241,6 +241,7 @@ def render_trail(trail: dict[str, Any]) -> str:
     for st in trail["settings"]:
         value = st["value"]
         shown = ("on" if value else "off") if isinstance(value, bool) else value
+        shown = "none" if shown is None else shown
         out.append(f"  {st['scope']} {st['subject_id']} {st['field']}: {shown} ({st['source']})")
     out.append("Dagster runs:")
     out.extend(
