@@ -212,6 +212,173 @@ def explain_cmd(client_id: str, night: str | None) -> None:
     click.echo(text)
 
 
+@main.command("preview")
+@click.argument("account_id")
+@click.option("--night", default=None, help="Service date (default: the coming night).")
+@click.option("--json", "as_json", is_flag=True, help="Print the preview as JSON.")
+def preview_cmd(account_id: str, night: str | None, as_json: bool) -> None:
+    """What ACCOUNT_ID's night would do (bills, superbills, statements, AutoPay with each
+    gate, documents to share and when, against the night before), computed by the night's own
+    code in a transaction that is rolled back: nothing is written, nothing is charged."""
+    from datetime import UTC, datetime
+
+    from billing_pipeline.services.preview import UnknownAccount, build_preview, render_preview
+
+    day = _date(night, "--night") if night else None
+    try:
+        preview = build_preview(_engine(), account_id, day, datetime.now(UTC))
+    except UnknownAccount as err:
+        raise BadInput(str(err)) from None
+    click.echo(json.dumps(preview, indent=2) if as_json else render_preview(preview))
+
+
+@main.group()
+def summary() -> None:
+    """The evening summary: tonight's preview emailed to a practice's staff."""
+
+
+@summary.command("staff")
+@click.argument("account_id")
+@click.option("--email", required=True, help="The practice staff's address (not a client's).")
+@click.option("--hour", type=click.IntRange(0, 23), default=18, help="Local hour (default 18).")
+def summary_staff(account_id: str, email: str, hour: int) -> None:
+    """Send ACCOUNT_ID's evening summary to EMAIL from HOUR, local time."""
+    from datetime import UTC, datetime
+
+    from billing_pipeline.db.store import list_accounts
+    from billing_pipeline.db.summary import set_staff
+
+    if "@" not in email or len(email) > 320:
+        raise BadInput("--email: not an email address")
+    with _engine().begin() as conn:
+        if not list_accounts(conn, [account_id]):
+            raise BadInput(f"account_id: no account {account_id!r} in the billing database")
+        set_staff(conn, account_id, email.strip(), hour, datetime.now(UTC))
+    click.echo(f"account {account_id}: evening summary at {hour:02d}:00 local time")
+
+
+@summary.command("send-due")
+def summary_send_due() -> None:
+    """Send the evening summaries whose local hour has come (once per practice and night);
+    run it every few minutes."""
+    from datetime import UTC, datetime
+
+    from billing_pipeline.config import database_url
+    from billing_pipeline.resources.database import BillingDatabase
+    from billing_pipeline.resources.notifier import Notifier
+    from billing_pipeline.services.summary import send_due_summaries
+
+    fingerprint = BillingDatabase(url=database_url()).fingerprint()
+    done = send_due_summaries(_engine(), Notifier(), datetime.now(UTC), fingerprint)
+    if done.smtp_not_configured:
+        raise BadInput("no SMTP host is set (BILLING_SMTP_HOST): no summary sent")
+    click.echo(f"summaries: {done.sent} sent, {done.failed} failed (retried on the next call)")
+    if done.failed:
+        sys.exit(1)
+
+
+@main.command("trail")
+@click.argument("bill_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the trail as JSON.")
+def trail_cmd(bill_id: str, as_json: bool) -> None:
+    """BILL_ID's whole story in order (bill-N as in report --json): sessions and services,
+    settings and where each came from, Dagster runs, AutoPay, payment, deliveries. Ids and
+    amounts only."""
+    from billing_pipeline.config import database_url
+    from billing_pipeline.resources.database import BillingDatabase
+    from billing_pipeline.services.trail import UnknownBill, build_trail, render_trail
+
+    with _engine().connect() as conn:
+        try:
+            trail = build_trail(conn, bill_id, BillingDatabase(url=database_url()).fingerprint())
+        except UnknownBill as err:
+            raise BadInput(str(err)) from None
+    click.echo(json.dumps(trail, indent=2) if as_json else render_trail(trail))
+
+
+@main.group()
+def autopay() -> None:
+    """AutoPay nights the anomaly guard held, and its thresholds."""
+
+
+def _who(by: str | None) -> str:
+    import getpass
+
+    who = by or os.environ.get("BILLING_STAFF") or getpass.getuser()
+    return who.strip()[:120] or "unknown"
+
+
+@autopay.command("holds")
+@click.option("--account", "account_id", default=None, help="Only this practice's.")
+def autopay_holds(account_id: str | None) -> None:
+    """The nights the guard held, why, and who released them and when."""
+    from billing_pipeline.db.guard import holds
+    from billing_pipeline.services.guard import hold_words
+
+    with _engine().connect() as conn:
+        found = holds(conn, [account_id] if account_id else None)
+    for hold in found:
+        click.echo(hold_words(hold))
+    if not found:
+        click.echo("no night held")
+
+
+@autopay.command("release")
+@click.argument("account_id")
+@click.argument("night")
+@click.option("--by", default=None, help="Who releases it (default: $BILLING_STAFF, the user).")
+def autopay_release(account_id: str, night: str, by: str | None) -> None:
+    """Release ACCOUNT_ID's NIGHT held by the anomaly guard: the night's next AutoPay run
+    charges it (once). Who and when are recorded."""
+    from datetime import UTC, datetime
+
+    from billing_pipeline.db.guard import hold_of, release_hold
+
+    day = _date(night, "NIGHT")
+    who = _who(by)
+    with _engine().begin() as conn:
+        hold = hold_of(conn, account_id, day)
+        if hold is None:
+            raise BadInput(f"no AutoPay hold for account {account_id!r} on the night of {day}")
+        if hold.released:
+            click.echo(f"already released by {hold.released_by} at {hold.released_at}")
+            return
+        release_hold(conn, account_id, day, who, datetime.now(UTC))
+    click.echo(
+        f"released AutoPay for account {account_id} night {day} (by {who}); the night's next "
+        "AutoPay run charges it"
+    )
+
+
+@autopay.command("guard")
+@click.argument("account_id")
+@click.option("--multiple-percent", type=click.IntRange(101, 10_000), default=None)
+@click.option("--min-nights", type=click.IntRange(1, 365), default=None)
+@click.option("--window-nights", type=click.IntRange(1, 365), default=None)
+@click.option("--min-extra-charges", type=click.IntRange(0, 100_000), default=None)
+@click.option("--min-extra-cents", type=click.IntRange(0, 10**9), default=None)
+@click.option("--client-cap-cents", type=click.IntRange(1, 10**9), default=None)
+@click.option("--by", default=None, help="Who changes them (default: $BILLING_STAFF, the user).")
+def autopay_guard(account_id: str, by: str | None, **given: int | None) -> None:
+    """Show ACCOUNT_ID's anomaly-guard thresholds, or change those given."""
+    from dataclasses import asdict, replace
+    from datetime import UTC, datetime
+
+    from billing_pipeline.db.guard import guard_settings, set_guard_settings
+    from billing_pipeline.db.store import list_accounts
+
+    with _engine().begin() as conn:
+        if not list_accounts(conn, [account_id]):
+            raise BadInput(f"account_id: no account {account_id!r} in the billing database")
+        settings = guard_settings(conn, account_id)
+        changes = {k: v for k, v in given.items() if v is not None}
+        if changes:
+            settings = replace(settings, **changes)
+            set_guard_settings(conn, account_id, settings, _who(by), datetime.now(UTC))
+    for key, value in asdict(settings).items():
+        click.echo(f"{key}: {value}")
+
+
 @main.group()
 def documents() -> None:
     """PDFs of the bills, superbills and statements the automation made."""

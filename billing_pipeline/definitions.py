@@ -4,6 +4,7 @@ import dagster as dg
 
 from billing_pipeline.assets.chain import NIGHT_CHAIN
 from billing_pipeline.assets.ledger import night_ledger
+from billing_pipeline.assets.preview import night_preview
 from billing_pipeline.checks.documents import DOCUMENT_CHECKS
 from billing_pipeline.jobs import (
     autopay_job,
@@ -24,7 +25,7 @@ from billing_pipeline.schedules import (
 )
 
 defs = dg.Definitions(
-    assets=[*NIGHT_CHAIN, night_ledger],
+    assets=[*NIGHT_CHAIN, night_ledger, night_preview],
     asset_checks=DOCUMENT_CHECKS,
     jobs=[
         nightly_billing_job,

@@ -17,6 +17,7 @@ from billing_pipeline.assets.common import (
     run_nights,
     summarize,
 )
+from billing_pipeline.checks.guard import autopay_nights_look_usual, autopay_nights_look_usual_spec
 from billing_pipeline.checks.invariants import no_bill_paid_twice
 from billing_pipeline.db.owners import ClaimOwner, OwnerProbe
 from billing_pipeline.domain.practice import AccountView
@@ -29,6 +30,7 @@ from billing_pipeline.services.autopay import (
     owner_gone_rule,
     run_autopay_night,
 )
+from billing_pipeline.services.guard import HELD_BY_GUARD
 from billing_pipeline.services.nightly import NightFigures, create_statements
 
 UNKNOWN_OUTCOMES = ("left_pending_for_reconciliation", "reconcile_stripe_unavailable")
@@ -64,6 +66,7 @@ def run_ended(instance: dg.DagsterInstance) -> Callable[[str], bool]:
     check_specs=[
         dg.AssetCheckSpec("no_bill_paid_twice", asset="autopay_attempts", blocking=True),
         practice_check_spec("autopay_attempts", blocking=True),
+        autopay_nights_look_usual_spec("autopay_attempts"),
     ],
     retry_policy=dg.RetryPolicy(
         max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
@@ -130,9 +133,14 @@ def autopay_attempts(
                 "already_attempted",
                 "claimed_by_another_run",
                 BILLS_NOT_MADE,
+                HELD_BY_GUARD,
             ],
         ),
-        check_results=[check, practice_check("autopay_attempts", failed)],
+        check_results=[
+            check,
+            practice_check("autopay_attempts", failed),
+            autopay_nights_look_usual("autopay_attempts", figures),
+        ],
     )
 
 

@@ -517,3 +517,57 @@ class CheckFlag(Base):
     client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"))
     first_night: Mapped[date] = mapped_column(Date)
     __table_args__ = (UniqueConstraint("check", "session_id"),)
+
+
+# --- The AutoPay anomaly guard (issue 13) -----------------------------------------------------
+
+
+class AutopayGuardSettings(Base):
+    """An account's guard thresholds (`domain.guard.GuardSettings`); no row: the defaults."""
+
+    __tablename__ = "autopay_guard_settings"
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    multiple_percent: Mapped[int] = mapped_column(Integer)
+    min_nights: Mapped[int] = mapped_column(Integer)
+    window_nights: Mapped[int] = mapped_column(Integer)
+    min_extra_charges: Mapped[int] = mapped_column(Integer)
+    min_extra_cents: Mapped[int] = mapped_column(Integer)
+    client_cap_cents: Mapped[int] = mapped_column(Integer)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    changed_by: Mapped[str] = mapped_column(String(120))
+
+
+class AutopayHold(Base):
+    """A practice's night that the guard held: nothing is charged for it until staff release
+    it (who and when are kept). Reasons are codes and figures (counts, cents), never names."""
+
+    __tablename__ = "autopay_holds"
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    night: Mapped[date] = mapped_column(Date, primary_key=True)
+    held_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    reasons: Mapped[str] = mapped_column(String(200))
+    details: Mapped[str] = mapped_column(Text)  # JSON: figures, medians, words for staff
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    released_by: Mapped[str | None] = mapped_column(String(120))
+
+
+class PracticeStaff(Base):
+    """Where a practice's evening summary goes (a staff address, not a client's) and at which
+    local hour; no row: no summary."""
+
+    __tablename__ = "practice_staff"
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    staff_email: Mapped[str] = mapped_column(String(320))
+    summary_hour: Mapped[int] = mapped_column(Integer)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class EveningSummary(Base):
+    """One evening summary per practice and night: claimed before it is sent, marked sent."""
+
+    __tablename__ = "evening_summaries"
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    night: Mapped[date] = mapped_column(Date, primary_key=True)
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    message_id: Mapped[str] = mapped_column(String(200))

@@ -31,18 +31,15 @@ from sqlalchemy import Connection
 from billing_pipeline.db import autopay as records
 from billing_pipeline.db.nightly import mark_step, resolved_autopay, step_done
 from billing_pipeline.db.owners import ClaimOwner, OwnerProbe, run_id_of
-from billing_pipeline.db.store import card_keys, load_practice
+from billing_pipeline.db.store import load_practice
 from billing_pipeline.domain.autopay import (
     LedgerDrift,
     LedgerEntry,
     Outcome,
-    RetryBlock,
     Unsent,
     compare_ledgers,
-    idempotency_key,
     listed_or_known_before,
     owner_is_dead,
-    retry_block,
     unsent_attempt,
 )
 from billing_pipeline.domain.practice import Practice
@@ -59,11 +56,16 @@ from billing_pipeline.resources.payments import (
     Payments,
     StripeUnavailable,
 )
+from billing_pipeline.services.autopay_gates import (
+    NO_OPEN_BALANCE,
+    autopay_gate,
+    resolved_decisions,
+)
+from billing_pipeline.services.guard import HELD_BY_GUARD, guard_night
 from billing_pipeline.services.nightly import NightFigures
 from billing_pipeline.testing import FaultPoint, fault_point
 
 BILLS_NOT_MADE = "bills_not_made"
-SETTINGS_NOT_RESOLVED = "skipped_settings_not_resolved"
 
 
 # --- Reconciliation ---------------------------------------------------------------------------
@@ -207,29 +209,17 @@ def claim_batch(
     transaction that the caller commits before any Stripe call)."""
     claims = []
     # The night's resolved_settings rows decide (true lineage: the rule is applied once, there).
-    decisions = resolved_autopay(conn, practice.account.id, night)
-    cards = card_keys(conn, practice.account.id)
+    decisions = resolved_decisions(conn, practice.account.id, night)
     for client_id in client_ids:
-        decision = decisions.get(client_id)
-        if decision is None:
-            figures.add(SETTINGS_NOT_RESOLVED)
+        gate = autopay_gate(conn, client_id, decisions.get(client_id), night, at)
+        if gate.stopped_by is not None:
+            if gate.stopped_by != NO_OPEN_BALANCE:
+                figures.add(gate.stopped_by)
             continue
-        if not decision.runs or decision.payment_method_id is None:
-            figures.add(f"skipped_{decision.reason}")
-            continue
+        decision, key, bills = gate.decision, gate.key, gate.bills
+        if decision is None or decision.payment_method_id is None or key is None:
+            continue  # not so once the gates let it through
         card_id = decision.payment_method_id
-        key = idempotency_key(client_id, card_id, night)
-        if records.attempt_exists(conn, key):
-            figures.add("already_attempted")
-            continue
-        card = cards.get(card_id, f"pm:{card_id}")
-        block = retry_block(records.attempt_history(conn, client_id), card)
-        if block != RetryBlock.NONE:
-            figures.add(f"skipped_{block.value}")
-            continue
-        bills = [b for b in records.open_bills(conn, client_id, at) if b.amount_cents > 0]
-        if not bills:
-            continue
         claim = records.claim_attempt(
             conn,
             key=key,
@@ -377,6 +367,16 @@ def run_autopay_night(
     with db.engine.connect() as conn:
         practice = load_practice(conn, account_id, at)  # as of the night's 00:30
         candidates = records.clients_with_open_bills(conn, account_id, at)
+
+    # The anomaly guard (services/guard.py): a night unlike the practice's history is held;
+    # nothing is charged and the step stays not done until staff release it.
+    def judged(conn: Connection) -> bool:
+        decisions = resolved_decisions(conn, account_id, night)
+        return guard_night(conn, practice, candidates, night, at, decisions).held
+
+    if db.transact(judged):
+        figures.add(HELD_BY_GUARD)
+        return figures
     attempts = 0
     for start in range(0, len(candidates), max(batch_size, 1)):
         if not owner.still_held():

@@ -4,6 +4,7 @@ so it may use short names; nothing here goes to logs or Dagster."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -11,11 +12,14 @@ from sqlalchemy import Connection, Row, select
 
 from billing_pipeline.db import models as m
 from billing_pipeline.db.autopay import AttemptForStaff, attempt_history, attempts_for_staff
+from billing_pipeline.db.guard import hold_of
 from billing_pipeline.db.store import (
     ACCOUNT,
     ACCOUNT_FIELDS,
+    BILLING_CONTACT,
     CLIENT,
     CLIENT_FIELDS,
+    CONTACT_FIELDS,
     SWITCH_DEFAULTS,
     billed_session_ids,
     defaults_history_of,
@@ -46,6 +50,7 @@ from billing_pipeline.domain.settings import (
     settings_warnings,
     short_name,
 )
+from billing_pipeline.services.guard import hold_words
 from billing_pipeline.services.nightly import decide_autopay
 
 # Why an attempt is still pending (the code we noted) or ended as an error, for staff.
@@ -242,6 +247,9 @@ def explain(conn: Connection, client_id: str, night: date | None = None) -> str:
         block = retry_block(attempt_history(conn, client_id), decision.card.key)
         if block != RetryBlock.NONE:
             lines.append(f"  But AutoPay will not charge this card: {RETRY_WORDS[block]}.")
+    hold = hold_of(conn, row.account_id, night)  # the anomaly guard (services/guard.py)
+    if hold is not None:
+        lines.append(_sentence(f"  {hold_words(hold)}"))
     lines.extend(
         f"Warning: {w.message}"
         for w in settings_warnings(
@@ -284,21 +292,29 @@ def _shown(value: object) -> str:
     return str(value)
 
 
-def settings_origins(
+@dataclass(frozen=True)
+class SettingSource:
+    """One setting's value on a night and where it came from (`scope`: practice, client or
+    billing_contact; `source`: words for staff)."""
+
+    scope: str
+    subject_id: str
+    field: str
+    value: object
+    source: str
+
+
+def setting_sources(
     conn: Connection,
     row: Row[*tuple[Any, ...]],
     night: date,
     bills_at: datetime,
     autopay_at: datetime,
     tz: str,
-) -> list[str]:
+) -> list[SettingSource]:
     """Each setting's value on the night and where it came from: the practice's or the
     client's since creation (a sharing field: the account's new-client default in force at the
-    client's creation, or the client's own), or a change on a date."""
-    lines = [
-        f"Settings on the night of {night} (bills read them at 00:00, AutoPay at 00:30), "
-        "and where each came from:"
-    ]
+    client's creation, or the client's own), the billing contact's, or a change on a date."""
 
     def origin(
         subject: str, subject_id: str, name: str, initial: object, created: str
@@ -311,6 +327,7 @@ def settings_origins(
             return found.value, f"changed on {when:%Y-%m-%d %H:%M}"
         return found.value, created
 
+    out: list[SettingSource] = []
     account = conn.execute(select(m.Account.__table__).where(m.Account.id == row.account_id)).one()
     for name in ACCOUNT_FIELDS:
         value, words = origin(
@@ -320,8 +337,9 @@ def settings_origins(
             getattr(account, name),
             "the practice's setting from the start",
         )
-        lines.append(f"  practice {name}: {_shown(value)} ({words})")
+        out.append(SettingSource("practice", account.id, name, value, words))
     defaults = defaults_at(defaults_history_of(conn, row.account_id), row.created_at).as_dict()
+    contact_id: object = None
     for name in CLIENT_FIELDS:
         initial = getattr(row, name)
         if name in defaults:
@@ -339,5 +357,39 @@ def settings_origins(
         else:
             created = "since the client was created"
         value, words = origin(CLIENT, row.id, name, initial, created)
-        lines.append(f"  {name}: {_shown(value)} ({words})")
+        out.append(SettingSource("client", row.id, name, value, words))
+        if name == "billing_contact_id":
+            contact_id = value
+    if isinstance(contact_id, str):
+        contact = conn.execute(
+            select(m.BillingContact.__table__).where(m.BillingContact.id == contact_id)
+        ).one()
+        for name in CONTACT_FIELDS:
+            value, words = origin(
+                BILLING_CONTACT,
+                contact_id,
+                name,
+                getattr(contact, name),
+                "the billing contact's, since it was created",
+            )
+            out.append(SettingSource("billing_contact", contact_id, name, value, words))
+    return out
+
+
+def settings_origins(
+    conn: Connection,
+    row: Row[*tuple[Any, ...]],
+    night: date,
+    bills_at: datetime,
+    autopay_at: datetime,
+    tz: str,
+) -> list[str]:
+    """`setting_sources` as lines for staff."""
+    lines = [
+        f"Settings on the night of {night} (bills read them at 00:00, AutoPay at 00:30), "
+        "and where each came from:"
+    ]
+    for s in setting_sources(conn, row, night, bills_at, autopay_at, tz):
+        prefix = {"practice": "practice ", "client": "", "billing_contact": "billing contact "}
+        lines.append(f"  {prefix[s.scope]}{s.field}: {_shown(s.value)} ({s.source})")
     return lines

@@ -209,6 +209,7 @@ def test_one_night_writes_its_rows_and_reports_its_figures(
         "no_bill_paid_twice": True,
         "deliveries_never_early": True,
         "every_practice_done": True,  # each step: no practice failed
+        "autopay_nights_look_usual": True,  # the anomaly guard held no night
     }
     # Ids and numbers only: no name of the scenario in any figure.
     text = repr(meta)

@@ -45,6 +45,9 @@ DAGSTER_DEFAULTS = {"io_manager"}
 PER_PRACTICE_HELPERS = {"for_each_night", "for_each_practice_night"}
 # Assets that do not walk the practices' nights, with why they have no per-practice check.
 NOT_PER_PRACTICE = {
+    # A dry run (services/preview.py) that writes nothing: nothing of a practice's night is
+    # left half done; its check says which previewed nights the AutoPay guard would hold.
+    "night_preview",
     # One comparison of Stripe with our payments per night, for all practices at once
     # (services.autopay.ledger_drift); drift fails its own `stripe_charges_match_payments`.
     "payment_reconciliations",
