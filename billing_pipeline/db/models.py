@@ -483,3 +483,33 @@ class CheckFlag(Base):
     client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"))
     first_night: Mapped[date] = mapped_column(Date)
     __table_args__ = (UniqueConstraint("check", "session_id"),)
+
+
+# --- Access: who may see which practice, and who saw what ------------------------------------
+
+
+class PracticeStaff(Base):
+    """A staff database login and a practice it may work in (PostgreSQL row-level security:
+    a staff transaction sees the practice it sets only when its login is mapped to it)."""
+
+    __tablename__ = "practice_staff"
+    db_login: Mapped[str] = mapped_column(String(63), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+
+
+class AuditLog(Base):
+    """One read of client data (or a refused attempt): who, when, which practice, which client
+    ids (never names), what, the outcome. Append-only: each row's `row_hash` covers its fields
+    and the previous row's hash (db/audit.py), so an edited or deleted row breaks the chain."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(200))
+    account_id: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    # A JSON list of client ids, sorted.
+    client_ids: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(200))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
