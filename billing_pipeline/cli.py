@@ -186,10 +186,14 @@ def simulate_cmd(first: str, last: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def report_cmd(as_json: bool) -> None:
     """Everything the automation produced (../shared/contract/report.schema.json)."""
+    from billing_pipeline.db import audit
     from billing_pipeline.db.report import build_report
 
-    with _engine().connect() as conn:
+    engine = _engine()
+    with engine.connect() as conn:
         report = build_report(conn)
+    # Recorded, and committed, before anything is shown.
+    audit.record(engine, "report", audit.client_ids_in(report), "shown")
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -202,13 +206,25 @@ def report_cmd(as_json: bool) -> None:
 @click.option("--date", "night", default=None, help="Service date (default: last night).")
 def explain_cmd(client_id: str, night: str | None) -> None:
     """Why the automation does what it does for CLIENT_ID on a night, in plain words."""
+    from billing_pipeline.db import audit
+    from billing_pipeline.db.access import practice_of_client
     from billing_pipeline.services.explain import UnknownClient, explain
 
-    with _engine().connect() as conn:
+    engine = _engine()
+    on = _date(night, "--date") if night else None
+    with engine.connect() as conn:
+        account_id = practice_of_client(conn, client_id)
         try:
-            text = explain(conn, client_id, _date(night, "--date") if night else None)
+            text = explain(conn, client_id, on)
         except UnknownClient as err:
-            raise BadInput(str(err)) from None
+            refused: UnknownClient | None = err
+        else:
+            refused = None
+    # Recorded, and committed, before anything is shown; a refused attempt too.
+    outcome = "refused: unknown client" if refused else "shown"
+    audit.record(engine, "explain", [client_id[:64]], outcome, account_id=account_id)
+    if refused is not None:
+        raise BadInput(str(refused))
     click.echo(text)
 
 
@@ -233,6 +249,52 @@ def documents_export(directory: Path, client_id: str | None, month: str | None) 
         raise BadInput(f"--month {month[:20]!r} is not a month (YYYY-MM)")
     written = export_documents(_engine(), DocumentRenderer(), directory, client_id, month)
     click.echo(f"wrote {len(written)} PDF(s) to {directory}")
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """The audit log of reads of client data (append-only, hash-chained)."""
+
+
+@audit_group.command("verify")
+def audit_verify() -> None:
+    """Check the hash chain from the first row; exit 1 naming the first broken link."""
+    from billing_pipeline.db import audit
+
+    with _engine().connect() as conn:
+        result = audit.verify(conn)
+    if not result.ok:
+        click.echo(f"audit log BROKEN: {result.reason}", err=True)
+        sys.exit(1)
+    click.echo(f"audit log intact: {result.rows} row(s), every link holds")
+
+
+@audit_group.command("list")
+@click.option("--client", "client_id", default=None, help="Only rows naming this client id.")
+@click.option("--since", default=None, help="Only rows at or after this instant (ISO 8601).")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list.")
+def audit_list(client_id: str | None, since: str | None, as_json: bool) -> None:
+    """The audit rows, oldest first (reading them is not a read of client data)."""
+    from datetime import UTC, datetime
+
+    from billing_pipeline.db import audit
+
+    after = None
+    if since is not None:
+        try:
+            after = datetime.fromisoformat(since)
+        except ValueError:
+            raise BadInput(f"--since {since[:40]!r} is not an instant (ISO 8601)") from None
+        if after.tzinfo is None:
+            after = after.replace(tzinfo=UTC)
+    with _engine().connect() as conn:
+        rows = audit.entries(conn, client_id, after)
+    if as_json:
+        click.echo(json.dumps([r.as_json() for r in rows], indent=2))
+        return
+    for r in rows:
+        ids = ",".join(r.client_ids)
+        click.echo(f"{r.id} {r.at.isoformat()} {r.actor} {r.action} [{ids}] {r.outcome}")
 
 
 @main.command("demo")
