@@ -297,6 +297,64 @@ def audit_list(client_id: str | None, since: str | None, as_json: bool) -> None:
         click.echo(f"{r.id} {r.at.isoformat()} {r.actor} {r.action} [{ids}] {r.outcome}")
 
 
+@main.group("ui")
+def ui_group() -> None:
+    """The Dagster UI behind a login (deploy/README.md)."""
+
+
+@ui_group.command("user-add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["analyst", "finance"]), required=True)
+@click.option("--users-file", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.password_option(help="The password (asked for when not given).")
+def ui_user_add(name: str, role: str, users_file: Path, password: str) -> None:
+    """Add (or replace) NAME in the users file, its password hashed (PBKDF2-SHA256)."""
+    from billing_pipeline.ui_proxy import add_user
+
+    try:
+        add_user(users_file, name, password, role)
+    except ValueError as err:
+        raise BadInput(str(err)) from None
+    click.echo(f"{name} ({role}) in {users_file}")
+
+
+@ui_group.command("proxy")
+@click.option("--users-file", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--analyst-upstream", default="http://127.0.0.1:3001", show_default=True)
+@click.option("--finance-upstream", default="http://127.0.0.1:3002", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=3000, show_default=True, type=int)
+@click.option("--secure-cookies", is_flag=True, help="Mark the session cookie Secure (TLS).")
+def ui_proxy_cmd(
+    users_file: Path,
+    analyst_upstream: str,
+    finance_upstream: str,
+    host: str,
+    port: int,
+    secure_cookies: bool,
+) -> None:
+    """Serve the login and proxy each signed-in user to the webserver of their role
+    (analyst: the writable one; finance: the --read-only one). BILLING_UI_SESSION_SECRET
+    signs the sessions (at least 32 characters)."""
+    from billing_pipeline.ui_proxy import ProxyConfig, read_users, serve
+
+    secret = os.environ.get("BILLING_UI_SESSION_SECRET", "")
+    if len(secret) < 32:
+        raise BadInput("BILLING_UI_SESSION_SECRET: set it to at least 32 random characters")
+    try:
+        read_users(users_file)
+    except (OSError, ValueError) as err:
+        raise BadInput(f"--users-file: {err}") from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = ProxyConfig(
+        users_file=users_file,
+        secret=secret.encode(),
+        upstreams={"analyst": analyst_upstream, "finance": finance_upstream},
+        secure_cookies=secure_cookies,
+    )
+    serve(config, host, port)
+
+
 @main.command("demo")
 @click.option("--keep", is_flag=True, help="Keep the previous demo data instead of starting over.")
 def demo_cmd(keep: bool) -> None:
