@@ -257,3 +257,23 @@ def test_the_application_roles_may_not_update_or_delete_the_audit_log(databases)
     finally:
         service.dispose()
         staff.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_the_pipelines_postgresql_test_databases_log_in_as_the_service_role(
+    database_url: str,
+) -> None:
+    """Every PostgreSQL test of the pipeline (the nightly chain, the contract scenarios,
+    backfills, crashes) runs on a URL like this one: the service role, not the owner."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            who = conn.execute(
+                text(
+                    "SELECT current_user, r.rolsuper, r.rolbypassrls FROM pg_roles r "
+                    "WHERE r.rolname = current_user"
+                )
+            ).one()
+        assert tuple(who) == (SERVICE_ROLE, False, False)
+    finally:
+        engine.dispose()
