@@ -11,10 +11,12 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from billing_pipeline.config import DatabaseTimeouts, database_timeouts, normalize_database_url
 from billing_pipeline.db.errors import translate_errors, unreachable
+from billing_pipeline.errors import SafeMessageError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _lock = threading.Lock()
@@ -131,10 +133,26 @@ def head_revision() -> str | None:
     return ScriptDirectory(str(MIGRATIONS)).get_current_head()
 
 
+class NotAllowedToMigrate(SafeMessageError):
+    """The schema is behind the code and this login may not change it (the service role)."""
+
+
 def upgrade(engine: Engine) -> bool:
-    """Bring the schema to the newest migration; False when it already was."""
-    if current_revision(engine) == head_revision():
+    """Bring the schema to the newest migration; False when it already was. On PostgreSQL the
+    pipeline's service role may not change the schema (migration 0005): a schema behind the
+    code is then reported, naming both revisions, for the owner to migrate."""
+    found = current_revision(engine)
+    if found == head_revision():
         return False
     with _lock:
-        command.upgrade(alembic_config(engine), "head")
+        try:
+            command.upgrade(alembic_config(engine), "head")
+        except ProgrammingError as exc:
+            if getattr(exc.orig, "pgcode", None) != "42501":  # insufficient_privilege
+                raise
+            raise NotAllowedToMigrate(
+                f"the billing database is at revision {found}, the code needs "
+                f"{head_revision()}, and {engine.url.username} may not change the schema: "
+                "run `billing-pipeline db upgrade` with the owner's URL"
+            ) from None
     return True

@@ -11,12 +11,20 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from alembic import command
 from sqlalchemy import Engine, create_engine, delete, func, insert, select, text, update
 from sqlalchemy.exc import ProgrammingError
 
 from billing_pipeline.db import models as m
 from billing_pipeline.db.access import SERVICE_ROLE, STAFF_ROLE, in_practice
-from billing_pipeline.db.engine import make_engine
+from billing_pipeline.db.engine import (
+    NotAllowedToMigrate,
+    alembic_config,
+    current_revision,
+    head_revision,
+    make_engine,
+    upgrade,
+)
 from tests.conftest import as_role, create_pg_database, drop_pg_database
 
 pytestmark = pytest.mark.postgres
@@ -277,3 +285,21 @@ def test_the_pipelines_postgresql_test_databases_log_in_as_the_service_role(
         assert tuple(who) == (SERVICE_ROLE, False, False)
     finally:
         engine.dispose()
+
+
+def test_the_service_role_may_not_migrate_and_says_who_must(databases) -> None:
+    service_url, _, admin = databases
+    command.downgrade(alembic_config(admin), "0004")
+    service = make_engine(service_url)
+    try:
+        with pytest.raises(NotAllowedToMigrate) as refused:
+            upgrade(service)
+        assert str(refused.value) == (
+            f"the billing database is at revision 0004, the code needs {head_revision()}, and "
+            f"{SERVICE_ROLE} may not change the schema: run `billing-pipeline db upgrade` with "
+            "the owner's URL"
+        )
+        assert current_revision(service) == "0004"
+    finally:
+        service.dispose()
+    assert upgrade(admin) is True  # the owner (here the superuser) may
