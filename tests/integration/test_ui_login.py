@@ -57,6 +57,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("ui")
     home = tmp / "dagster_home"
     home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
@@ -82,13 +83,16 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
          "--finance-upstream", f"http://127.0.0.1:{read}", "--port", str(proxy)],
     ]  # fmt: skip
     logs = [open(tmp / f"process-{i}.log", "wb") for i in range(len(commands))]
-    processes = [
-        subprocess.Popen(c, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        for c, log in zip(commands, logs, strict=True)
-    ]
+    processes: list[subprocess.Popen[bytes]] = []
     try:
-        for port in (write, read):
-            _wait(lambda port=port: _loaded(f"http://127.0.0.1:{port}"), f"webserver {port}")
+        # One at a time: the first makes the instance's SQLite storage, which two processes
+        # starting at once would race to create.
+        for command, log, port in zip(commands, logs, (write, read, None), strict=True):
+            processes.append(
+                subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            )
+            if port is not None:
+                _wait(lambda port=port: _loaded(f"http://127.0.0.1:{port}"), f"webserver {port}")
         base = f"http://127.0.0.1:{proxy}"
         _wait(lambda: requests.get(f"{base}/login", timeout=5).ok, "the proxy")
         yield base
@@ -166,3 +170,27 @@ def test_finance_reads_through_the_read_only_webserver_which_refuses_a_backfill(
     assert launched.json()["data"]["launchPartitionBackfill"]["__typename"] == (
         "LaunchBackfillSuccess"
     ), launched.text
+
+
+async def _websocket_ack(url: str, cookie: str | None) -> str:
+    import aiohttp
+
+    # A header, not the client's cookie jar: aiohttp's keeps no cookies for IP addresses.
+    headers = {"Cookie": f"billing_ui_session={cookie}"} if cookie else {}
+    async with aiohttp.ClientSession(headers=headers) as client:
+        try:
+            async with client.ws_connect(url, protocols=["graphql-ws"]) as socket:
+                await socket.send_json({"type": "connection_init", "payload": {}})
+                message = await socket.receive_json(timeout=30)
+                return str(message["type"])
+        except aiohttp.WSServerHandshakeError as refused:
+            return f"refused {refused.status}"
+
+
+def test_live_run_logs_pass_the_websocket_only_with_a_session(ui: str) -> None:
+    import asyncio
+
+    url = ui.replace("http", "ws", 1) + "/graphql"
+    assert asyncio.run(_websocket_ack(url, None)) == "refused 401"
+    cookie = _signed_in(ui, "fin").cookies["billing_ui_session"]
+    assert asyncio.run(_websocket_ack(url, cookie)) == "connection_ack"
