@@ -43,3 +43,17 @@ def current_practice(conn: Connection) -> str | None:
 def practice_of_client(conn: Connection, client_id: str) -> str | None:
     """The practice a client belongs to (None for a client unknown, or not visible here)."""
     return conn.execute(select(m.Client.account_id).where(m.Client.id == client_id)).scalar()
+
+
+_DOCUMENT_TABLES = {
+    "bill": m.Bill.__table__,
+    "superbill": m.Superbill.__table__,
+    "statement": m.Statement.__table__,
+}
+
+
+def practice_of_document(conn: Connection, kind: str, document_id: int) -> str | None:
+    """The practice of a bill, superbill or statement (None if unknown here)."""
+    table = _DOCUMENT_TABLES[kind]
+    found = conn.execute(select(table.c.account_id).where(table.c.id == document_id)).scalar()
+    return None if found is None else str(found)

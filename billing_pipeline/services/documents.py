@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 from billing_pipeline.db import audit
 from billing_pipeline.db import documents as q
+from billing_pipeline.db.access import practice_of_document
 from billing_pipeline.domain.document_views import document_number, export_file_name
 from billing_pipeline.resources.renderer import DocumentRenderer
 
@@ -40,7 +41,14 @@ def render_document(
         return found
     pdf = renderer.render(view)
     with engine.begin() as conn:
-        audit.append(conn, f"render_pdf:{kind}", [view.client.id], "rendered", actor=actor)
+        audit.append(
+            conn,
+            f"render_pdf:{kind}",
+            [view.client.id],
+            "rendered",
+            account_id=practice_of_document(conn, kind, document_id),
+            actor=actor,
+        )
         return q.store_rendering(conn, view, document_id, key, pdf)
 
 

@@ -122,3 +122,25 @@ def test_audit_list_refuses_a_bad_instant(tmp_path: Path) -> None:
     done = cli_in_process(env, "audit", "list", "--since", "yesterday")
     assert done.returncode == 2
     assert "--since 'yesterday' is not an instant" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_documents_export_and_each_pdf_it_renders_are_audited_before_any_file(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    _ok(cli_env, "scenario", "load", str(SCENARIO))
+    simulate_in_process(cli_env, NIGHT, NIGHT)
+    before = len(_audit(cli_env))
+    out = tmp_path / "pdfs"
+    _ok(cli_env, "documents", "export", str(out), "--client", "cl-ana")
+    files = sorted(out.iterdir())
+    assert files
+    new = _audit(cli_env)[before:]
+    assert new[0]["action"] == "documents_export"
+    assert new[0]["outcome"] == f"exporting {len(files)} document(s)"
+    renders = new[1:]
+    assert renders
+    assert {r["action"] for r in renders} <= {"render_pdf:bill", "render_pdf:superbill"}
+    assert all(r["client_ids"] == ["cl-ana"] for r in new)
+    assert all(r["account_id"] == "acct-sunrise" for r in new)
+    assert "every link holds" in _ok(cli_env, "audit", "verify")
