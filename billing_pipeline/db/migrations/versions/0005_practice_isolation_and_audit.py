@@ -58,6 +58,10 @@ PRACTICE_TABLES: dict[str, str] = {
     "statements": "account_id = {p}",
     "deliveries": "account_id = {p}",
     "check_flags": "account_id = {p}",
+    # Made by the level-triggered nights' migration (branch lostnight), which may come before
+    # this one once the two are chained; a table not there yet is left out (below).
+    "night_step_tries": "account_id = {p}",
+    "payment_reconciliations": "account_id = {p}",
     "diagnoses": _CLIENTS,
     "sessions": _CLIENTS,
     "portal_shares": _CLIENTS,
@@ -73,6 +77,10 @@ PRACTICE_TABLES: dict[str, str] = {
     ),
     "document_files": "sha256 IN (SELECT content_sha256 FROM documents)",
 }
+
+
+_DEFAULT = "ALTER DEFAULT PRIVILEGES IN SCHEMA public"
+_DEFAULTS = (("TABLES", "SELECT, INSERT, UPDATE, DELETE"), ("SEQUENCES", "USAGE"))
 
 
 def _role(name: str, options: str) -> str:
@@ -127,7 +135,10 @@ REVOKE ALL ON FUNCTION billing_practice_for_staff() FROM PUBLIC;
     )
     op.execute(f"GRANT EXECUTE ON FUNCTION billing_practice_for_staff() TO {STAFF}, {SERVICE}")
     op.execute(f"GRANT SELECT ON alembic_version TO {SERVICE}, {STAFF}")
+    present = set(sa.inspect(op.get_bind()).get_table_names())
     for table, rows in PRACTICE_TABLES.items():
+        if table not in present:
+            continue
         op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
         op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
         staff = rows.format(p="billing_practice_for_staff()")
@@ -142,6 +153,13 @@ REVOKE ALL ON FUNCTION billing_practice_for_staff() FROM PUBLIC;
         )
         op.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {SERVICE}, {STAFF}")
     op.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {SERVICE}, {STAFF}")
+    # A table a later migration makes (as this login) is usable by the pipeline at once; it is
+    # not under RLS until that migration says so, and staff get nothing on it until then
+    # (tests/integration/test_practice_access.py lists any practice table left unprotected).
+    for kind, rights in (("TABLES", "SELECT, INSERT, UPDATE, DELETE"), ("SEQUENCES", "USAGE")):
+        op.execute(
+            f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT {rights} ON {kind} TO {SERVICE}"
+        )
     op.execute(f"REVOKE ALL ON audit_log FROM {SERVICE}, {STAFF}")
     op.execute(f"GRANT SELECT, INSERT ON audit_log TO {SERVICE}")
     # The service may read who is mapped where (logins and practice ids), never change it.
@@ -167,11 +185,14 @@ END $$;"""
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        for table in PRACTICE_TABLES:
+        present = set(sa.inspect(op.get_bind()).get_table_names())
+        for table in PRACTICE_TABLES.keys() & present:
             op.execute(f"DROP POLICY IF EXISTS staff_own_practice ON {table}")
             op.execute(f"DROP POLICY IF EXISTS service_all_or_set_practice ON {table}")
             op.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")
             op.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
+        for kind, rights in _DEFAULTS:
+            op.execute(f"{_DEFAULT} REVOKE {rights} ON {kind} FROM {SERVICE}")
         op.execute("DROP FUNCTION IF EXISTS billing_practice_for_staff()")
         op.execute("DROP FUNCTION IF EXISTS billing_practice()")
         # The roles stay: they are the cluster's, and other databases may use them.
