@@ -40,6 +40,8 @@ setup(
         # PDFs: WeasyPrint renders Jinja2 templates (resources/renderer.py, DESIGN.md).
         "weasyprint>=70,<71",
         "jinja2>=3.1.4,<4",
+        # The UI's login proxy (billing_pipeline/ui_proxy.py).
+        "aiohttp>=3.9,<4",
     ],
     extras_require={
         # A local Stripe for the demo and the tests (never in production): scripts/setup.sh

@@ -186,10 +186,14 @@ def simulate_cmd(first: str, last: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def report_cmd(as_json: bool) -> None:
     """Everything the automation produced (../shared/contract/report.schema.json)."""
+    from billing_pipeline.db import audit
     from billing_pipeline.db.report import build_report
 
-    with _engine().connect() as conn:
+    engine = _engine()
+    with engine.connect() as conn:
         report = build_report(conn)
+    # Recorded, and committed, before anything is shown.
+    audit.record(engine, "report", audit.client_ids_in(report), "shown")
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -202,13 +206,25 @@ def report_cmd(as_json: bool) -> None:
 @click.option("--date", "night", default=None, help="Service date (default: last night).")
 def explain_cmd(client_id: str, night: str | None) -> None:
     """Why the automation does what it does for CLIENT_ID on a night, in plain words."""
+    from billing_pipeline.db import audit
+    from billing_pipeline.db.access import practice_of_client
     from billing_pipeline.services.explain import UnknownClient, explain
 
-    with _engine().connect() as conn:
+    engine = _engine()
+    on = _date(night, "--date") if night else None
+    with engine.connect() as conn:
+        account_id = practice_of_client(conn, client_id)
         try:
-            text = explain(conn, client_id, _date(night, "--date") if night else None)
+            text = explain(conn, client_id, on)
         except UnknownClient as err:
-            raise BadInput(str(err)) from None
+            refused: UnknownClient | None = err
+        else:
+            refused = None
+    # Recorded, and committed, before anything is shown; a refused attempt too.
+    outcome = "refused: unknown client" if refused else "shown"
+    audit.record(engine, "explain", [client_id[:64]], outcome, account_id=account_id)
+    if refused is not None:
+        raise BadInput(str(refused))
     click.echo(text)
 
 
@@ -400,6 +416,110 @@ def documents_export(directory: Path, client_id: str | None, month: str | None) 
         raise BadInput(f"--month {month[:20]!r} is not a month (YYYY-MM)")
     written = export_documents(_engine(), DocumentRenderer(), directory, client_id, month)
     click.echo(f"wrote {len(written)} PDF(s) to {directory}")
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """The audit log of reads of client data (append-only, hash-chained)."""
+
+
+@audit_group.command("verify")
+def audit_verify() -> None:
+    """Check the hash chain from the first row; exit 1 naming the first broken link."""
+    from billing_pipeline.db import audit
+
+    with _engine().connect() as conn:
+        result = audit.verify(conn)
+    if not result.ok:
+        click.echo(f"audit log BROKEN: {result.reason}", err=True)
+        sys.exit(1)
+    click.echo(f"audit log intact: {result.rows} row(s), every link holds")
+
+
+@audit_group.command("list")
+@click.option("--client", "client_id", default=None, help="Only rows naming this client id.")
+@click.option("--since", default=None, help="Only rows at or after this instant (ISO 8601).")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list.")
+def audit_list(client_id: str | None, since: str | None, as_json: bool) -> None:
+    """The audit rows, oldest first (reading them is not a read of client data)."""
+    from datetime import UTC, datetime
+
+    from billing_pipeline.db import audit
+
+    after = None
+    if since is not None:
+        try:
+            after = datetime.fromisoformat(since)
+        except ValueError:
+            raise BadInput(f"--since {since[:40]!r} is not an instant (ISO 8601)") from None
+        if after.tzinfo is None:
+            after = after.replace(tzinfo=UTC)
+    with _engine().connect() as conn:
+        rows = audit.entries(conn, client_id, after)
+    if as_json:
+        click.echo(json.dumps([r.as_json() for r in rows], indent=2))
+        return
+    for r in rows:
+        ids = ",".join(r.client_ids)
+        click.echo(f"{r.id} {r.at.isoformat()} {r.actor} {r.action} [{ids}] {r.outcome}")
+
+
+@main.group("ui")
+def ui_group() -> None:
+    """The Dagster UI behind a login (deploy/README.md)."""
+
+
+@ui_group.command("user-add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["analyst", "finance"]), required=True)
+@click.option("--users-file", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.password_option(help="The password (asked for when not given).")
+def ui_user_add(name: str, role: str, users_file: Path, password: str) -> None:
+    """Add (or replace) NAME in the users file, its password hashed (PBKDF2-SHA256)."""
+    from billing_pipeline.ui_proxy import add_user
+
+    try:
+        add_user(users_file, name, password, role)
+    except ValueError as err:
+        raise BadInput(str(err)) from None
+    click.echo(f"{name} ({role}) in {users_file}")
+
+
+@ui_group.command("proxy")
+@click.option("--users-file", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--analyst-upstream", default="http://127.0.0.1:3001", show_default=True)
+@click.option("--finance-upstream", default="http://127.0.0.1:3002", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=3000, show_default=True, type=int)
+@click.option("--secure-cookies", is_flag=True, help="Mark the session cookie Secure (TLS).")
+def ui_proxy_cmd(
+    users_file: Path,
+    analyst_upstream: str,
+    finance_upstream: str,
+    host: str,
+    port: int,
+    secure_cookies: bool,
+) -> None:
+    """Serve the login and proxy each signed-in user to the webserver of their role
+    (analyst: the writable one; finance: the --read-only one). BILLING_UI_SESSION_SECRET
+    signs the sessions (at least 32 characters)."""
+    from billing_pipeline.ui_proxy import ProxyConfig, read_users, serve
+
+    secret = os.environ.get("BILLING_UI_SESSION_SECRET", "")
+    if len(secret) < 32:
+        raise BadInput("BILLING_UI_SESSION_SECRET: set it to at least 32 random characters")
+    try:
+        read_users(users_file)
+    except (OSError, ValueError) as err:
+        raise BadInput(f"--users-file: {err}") from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = ProxyConfig(
+        users_file=users_file,
+        secret=secret.encode(),
+        upstreams={"analyst": analyst_upstream, "finance": finance_upstream},
+        secure_cookies=secure_cookies,
+    )
+    serve(config, host, port)
 
 
 @main.command("demo")

@@ -71,7 +71,7 @@ def _render(
     """The share is made whatever happens here: a PDF that could not be rendered now is
     rendered, as it stood when shared, when it is first asked for."""
     try:
-        render_share(db.engine, renderer, delivery_id, revision)
+        render_share(db.engine, renderer, delivery_id, revision, f"dagster-run:{context.run_id}")
     except Exception as exc:  # reported by type: a message could quote a client
         context.log.warning(
             f"delivery {delivery_id}: its PDF was not rendered ({type(exc).__name__}); "

@@ -71,8 +71,20 @@ def _migrated_template() -> str:
     return _template[0]
 
 
+SERVICE_ROLE = "billing_pipeline_service"  # made by migration 0007 (cluster-wide)
+
+
+def as_role(url: str, role: str) -> str:
+    """`url` logging in as `role` (the test server trusts loopback logins)."""
+    from sqlalchemy import make_url
+
+    return make_url(url).set(username=role).render_as_string(hide_password=False)
+
+
 def create_pg_database(migrated: bool = False) -> str:
-    """A new database of our own: empty, or (`migrated`) a copy of the migrated template."""
+    """A new database of our own: empty (its URL logs in as the superuser, which migrates it),
+    or (`migrated`) a copy of the migrated template, whose URL logs in as the pipeline's
+    service role: no owner, no superuser, under row-level security, as in production."""
     name = f"bp_test_{uuid.uuid4().hex[:12]}"
     template = f' TEMPLATE "{_migrated_template()}"' if migrated else ""
     admin = _admin_engine()
@@ -87,7 +99,8 @@ def create_pg_database(migrated: bool = False) -> str:
         pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is not answering: {exc}", pytrace=False)
     finally:
         admin.dispose()
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    return as_role(url, SERVICE_ROLE) if migrated else url
 
 
 def _drop_database(name: str) -> None:

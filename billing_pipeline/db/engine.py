@@ -11,6 +11,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from billing_pipeline.config import (
@@ -156,10 +157,26 @@ def require_current(engine: Engine) -> None:
         raise SchemaBehind(engine.url.render_as_string(hide_password=False), current, head)
 
 
+class NotAllowedToMigrate(SafeMessageError):
+    """The schema is behind the code and this login may not change it (the service role)."""
+
+
 def upgrade(engine: Engine) -> bool:
-    """Bring the schema to the newest migration; False when it already was."""
-    if current_revision(engine) == head_revision():
+    """Bring the schema to the newest migration; False when it already was. On PostgreSQL the
+    pipeline's service role may not change the schema (migration 0007): a schema behind the
+    code is then reported, naming both revisions, for the owner to migrate."""
+    found = current_revision(engine)
+    if found == head_revision():
         return False
     with _lock:
-        command.upgrade(alembic_config(engine), "head")
+        try:
+            command.upgrade(alembic_config(engine), "head")
+        except ProgrammingError as exc:
+            if getattr(exc.orig, "pgcode", None) != "42501":  # insufficient_privilege
+                raise
+            raise NotAllowedToMigrate(
+                f"the billing database is at revision {found}, the code needs "
+                f"{head_revision()}, and {engine.url.username} may not change the schema: "
+                "run `billing-pipeline db upgrade` with the owner's URL"
+            ) from None
     return True

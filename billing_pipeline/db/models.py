@@ -551,11 +551,11 @@ class AutopayHold(Base):
     released_by: Mapped[str | None] = mapped_column(String(120))
 
 
-class PracticeStaff(Base):
+class SummaryRecipient(Base):
     """Where a practice's evening summary goes (a staff address, not a client's) and at which
     local hour; no row: no summary."""
 
-    __tablename__ = "practice_staff"
+    __tablename__ = "summary_recipients"
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
     staff_email: Mapped[str] = mapped_column(String(320))
     summary_hour: Mapped[int] = mapped_column(Integer)
@@ -571,3 +571,33 @@ class EveningSummary(Base):
     claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     message_id: Mapped[str] = mapped_column(String(200))
+
+
+# --- Access: who may see which practice, and who saw what ------------------------------------
+
+
+class PracticeStaff(Base):
+    """A staff database login and a practice it may work in (PostgreSQL row-level security:
+    a staff transaction sees the practice it sets only when its login is mapped to it)."""
+
+    __tablename__ = "practice_staff"
+    db_login: Mapped[str] = mapped_column(String(63), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+
+
+class AuditLog(Base):
+    """One read of client data (or a refused attempt): who, when, which practice, which client
+    ids (never names), what, the outcome. Append-only: each row's `row_hash` covers its fields
+    and the previous row's hash (db/audit.py), so an edited or deleted row breaks the chain."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(200))
+    account_id: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    # A JSON list of client ids, sorted.
+    client_ids: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(200))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))

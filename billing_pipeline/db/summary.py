@@ -21,7 +21,7 @@ class StaffContact:
 
 
 def set_staff(conn: Connection, account_id: str, email: str, hour: int, at: datetime) -> None:
-    t = m.PracticeStaff
+    t = m.SummaryRecipient
     values = {"staff_email": email, "summary_hour": hour, "changed_at": at}
     if not conn.execute(update(t).where(t.account_id == account_id).values(**values)).rowcount:
         conn.execute(insert(t).values(account_id=account_id, **values))
@@ -30,14 +30,14 @@ def set_staff(conn: Connection, account_id: str, email: str, hour: int, at: date
 def staff_contacts(conn: Connection) -> list[StaffContact]:
     rows = conn.execute(
         select(
-            m.PracticeStaff.account_id,
+            m.SummaryRecipient.account_id,
             m.Account.name,
             m.Account.timezone,
-            m.PracticeStaff.staff_email,
-            m.PracticeStaff.summary_hour,
+            m.SummaryRecipient.staff_email,
+            m.SummaryRecipient.summary_hour,
         )
-        .join(m.Account, m.Account.id == m.PracticeStaff.account_id)
-        .order_by(m.PracticeStaff.account_id)
+        .join(m.Account, m.Account.id == m.SummaryRecipient.account_id)
+        .order_by(m.SummaryRecipient.account_id)
     )
     return [StaffContact(*r) for r in rows]
 

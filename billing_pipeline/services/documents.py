@@ -15,16 +15,24 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from billing_pipeline.db import audit
 from billing_pipeline.db import documents as q
+from billing_pipeline.db.access import practice_of_document
 from billing_pipeline.domain.document_views import document_number, export_file_name
 from billing_pipeline.resources.renderer import DocumentRenderer
 
 
 def render_document(
-    engine: Engine, renderer: DocumentRenderer, kind: str, document_id: int, as_of: datetime
+    engine: Engine,
+    renderer: DocumentRenderer,
+    kind: str,
+    document_id: int,
+    as_of: datetime,
+    actor: str | None = None,
 ) -> q.StoredDocument:
     """The stored PDF of a document as it stands at `as_of`, rendered only if that content
-    was never rendered."""
+    was never rendered. A render reads the client's data: it is audited (by `actor`, the
+    Dagster run, or else this process's users) before the PDF is stored."""
     with engine.connect() as conn:
         view = q.document_view(conn, kind, document_id, as_of)
         key = q.view_key(view, renderer.template_version())
@@ -33,11 +41,23 @@ def render_document(
         return found
     pdf = renderer.render(view)
     with engine.begin() as conn:
+        audit.append(
+            conn,
+            f"render_pdf:{kind}",
+            [view.client.id],
+            "rendered",
+            account_id=practice_of_document(conn, kind, document_id),
+            actor=actor,
+        )
         return q.store_rendering(conn, view, document_id, key, pdf)
 
 
 def render_share(
-    engine: Engine, renderer: DocumentRenderer, delivery_id: int, revision: int = 0
+    engine: Engine,
+    renderer: DocumentRenderer,
+    delivery_id: int,
+    revision: int = 0,
+    actor: str | None = None,
 ) -> q.StoredDocument | None:
     """Render a portal share's document as it stood when shared (a bill paid by then says
     PAID) and attach the PDF to the share."""
@@ -46,7 +66,7 @@ def render_share(
     if share is None:
         return None
     stored = render_document(
-        engine, renderer, share.document_type, share.document_id, share.shared_at
+        engine, renderer, share.document_type, share.document_id, share.shared_at, actor
     )
     with engine.begin() as conn:
         q.attach_pdf(conn, share.share_id, stored.sha256)
@@ -71,6 +91,14 @@ def export_documents(
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     with engine.connect() as conn:
         items = q.documents_for_export(conn, client_id, month)
+    # Audited, and committed, before any file is written (a refused export raises before).
+    audit.record(
+        engine,
+        "documents_export",
+        [i.client_id for i in items],
+        f"exporting {len(items)} document(s)",
+        account_id=_one({i.account_id for i in items}),
+    )
     written = []
     for item in items:
         stored = render_document(engine, renderer, item.document_type, item.document_id, item.as_of)
@@ -90,3 +118,7 @@ def export_documents(
             out.write(pdf_of(engine, stored))
         written.append(path)
     return written
+
+
+def _one(values: set[str]) -> str | None:
+    return next(iter(values)) if len(values) == 1 else None

@@ -149,7 +149,7 @@ def second_env(env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
         url = f"sqlite:///{tmp_path / 'billing_2.db'}"
         yield {**env, "BILLING_DATABASE_URL": url, "DAGSTER_HOME": str(home)}
         return
-    url = create_pg_database()
+    url = create_pg_database(migrated=True)
     try:
         yield {**env, "BILLING_DATABASE_URL": url, "DAGSTER_HOME": str(home)}
     finally:

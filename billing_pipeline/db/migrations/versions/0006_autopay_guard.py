@@ -52,15 +52,15 @@ def upgrade() -> None:
     )
 
     op.create_table(
-        "practice_staff",
+        "summary_recipients",
         sa.Column("account_id", sa.String(length=64), nullable=False),
         sa.Column("staff_email", sa.String(length=320), nullable=False),
         sa.Column("summary_hour", sa.Integer(), nullable=False),
         sa.Column("changed_at", billing_pipeline.db.types.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["account_id"], ["accounts.id"], name=op.f("fk_practice_staff_account_id_accounts")
+            ["account_id"], ["accounts.id"], name=op.f("fk_summary_recipients_account_id_accounts")
         ),
-        sa.PrimaryKeyConstraint("account_id", name=op.f("pk_practice_staff")),
+        sa.PrimaryKeyConstraint("account_id", name=op.f("pk_summary_recipients")),
     )
     op.create_table(
         "evening_summaries",
@@ -80,6 +80,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("evening_summaries")
-    op.drop_table("practice_staff")
+    op.drop_table("summary_recipients")
     op.drop_table("autopay_holds")
     op.drop_table("autopay_guard_settings")
