@@ -238,13 +238,20 @@ def preview_cmd(account_id: str, night: str | None, as_json: bool) -> None:
     code in a transaction that is rolled back: nothing is written, nothing is charged."""
     from datetime import UTC, datetime
 
+    from billing_pipeline.db import audit
     from billing_pipeline.services.preview import UnknownAccount, build_preview, render_preview
 
     day = _date(night, "--night") if night else None
+    engine = _engine()
     try:
-        preview = build_preview(_engine(), account_id, day, datetime.now(UTC))
+        preview = build_preview(engine, account_id, day, datetime.now(UTC))
     except UnknownAccount as err:
         raise BadInput(str(err)) from None
+    # A read of the practice's clients' figures: recorded, and committed, before it is shown
+    # (the audit row is the trail of the read; the preview writes no billing data).
+    audit.record(
+        engine, "preview", audit.client_ids_in(preview), "shown", account_id=account_id[:64]
+    )
     click.echo(json.dumps(preview, indent=2) if as_json else render_preview(preview))
 
 
@@ -301,14 +308,18 @@ def trail_cmd(bill_id: str, as_json: bool) -> None:
     settings and where each came from, Dagster runs, AutoPay, payment, deliveries. Ids and
     amounts only."""
     from billing_pipeline.config import database_url
+    from billing_pipeline.db import audit
     from billing_pipeline.resources.database import BillingDatabase
     from billing_pipeline.services.trail import UnknownBill, build_trail, render_trail
 
-    with _engine().connect() as conn:
+    engine = _engine()
+    with engine.connect() as conn:
         try:
             trail = build_trail(conn, bill_id, BillingDatabase(url=database_url()).fingerprint())
         except UnknownBill as err:
             raise BadInput(str(err)) from None
+    # Recorded, and committed, before anything is shown.
+    audit.record(engine, "trail", audit.client_ids_in(trail), "shown")
     click.echo(json.dumps(trail, indent=2) if as_json else render_trail(trail))
 
 

@@ -66,6 +66,34 @@ def test_a_broken_practice_is_flagged_and_the_others_are_billed(
     # The healthy practice's night was done and committed.
     assert billed == {"s-early", "s-late", "s-own"}
 
+    # The check is about its own run's partitions: once staff fix the timezone, the next
+    # night's run passes it, although the night above stays failed for that practice.
+    with engine.begin() as conn:
+        conn.execute(
+            update(m.Account.__table__)
+            .where(m.Account.id == "acct-manual")
+            .values(timezone="America/Chicago")
+        )
+    next_night = dg.materialize(
+        chain_through(bills),
+        partition_key="2026-11-21",
+        resources={
+            "db": BillingDatabase(url=database_url),
+            "clock": Clock(mode="logical", until_date="2026-11-23"),
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    passed = {
+        e.asset_key.to_user_string(): e.passed
+        for e in (
+            ev.event_specific_data
+            for ev in next_night.all_events
+            if ev.event_type_value == "ASSET_CHECK_EVALUATION"
+        )
+        if e.check_name == "every_practice_done"
+    }
+    assert passed == {"eligible_sessions": True, "resolved_settings": True, "bills": True}
+
 
 @pytest.fixture(autouse=True)
 def _quiet_beta_warnings() -> None:
