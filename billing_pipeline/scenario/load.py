@@ -199,16 +199,8 @@ def load_scenario(path: Path, engine: Engine, payments: Payments) -> LoadSummary
                     "", f"payment method id {taken[0]!r} already exists in the database"
                 )
             _write(conn, scenario, registered)
-    except DBAPIError as err:
-        _delete_customers(payments, registered)
-        # The driver's message may quote a failing row (names, emails): never repeat it.
-        constraint = getattr(getattr(err.orig, "diag", None), "constraint_name", None)
-        detail = type(err.orig).__name__ + (f" on {constraint}" if constraint else "")
-        raise ScenarioError(
-            "", f"the database refused the write ({detail}); nothing was written"
-        ) from None
-    except BaseException:
-        _delete_customers(payments, registered)
+    except BaseException as err:
+        _undo_refused_write(payments, registered, err)
         raise
     return LoadSummary(
         accounts=len(scenario.accounts),
@@ -217,6 +209,21 @@ def load_scenario(path: Path, engine: Engine, payments: Payments) -> LoadSummary
         sessions=len(scenario.sessions),
         payment_methods=len(scenario.cards),
     )
+
+
+def _undo_refused_write(
+    payments: Payments, registered: Sequence[RegisteredCard], err: BaseException
+) -> None:
+    """A write that did not commit: the cards it registered in Stripe are deleted, and a
+    database refusal becomes a ScenarioError that names the error type and constraint only
+    (the driver's message may quote a failing row: names, emails)."""
+    _delete_customers(payments, registered)
+    if isinstance(err, DBAPIError):
+        constraint = getattr(getattr(err.orig, "diag", None), "constraint_name", None)
+        detail = type(err.orig).__name__ + (f" on {constraint}" if constraint else "")
+        raise ScenarioError(
+            "", f"the database refused the write ({detail}); nothing was written"
+        ) from None
 
 
 # --- Further changes ---------------------------------------------------------------------------
@@ -246,14 +253,7 @@ def apply_changes(path: Path, engine: Engine, payments: Payments) -> int:
             now = store.utcnow()
             write_cards(conn, checked.cards, registered, now)
             store.record_changes(conn, checked.changes, now)
-    except DBAPIError as err:
-        _delete_customers(payments, registered)
-        constraint = getattr(getattr(err.orig, "diag", None), "constraint_name", None)
-        detail = type(err.orig).__name__ + (f" on {constraint}" if constraint else "")
-        raise ScenarioError(
-            "", f"the database refused the write ({detail}); nothing was written"
-        ) from None
-    except BaseException:
-        _delete_customers(payments, registered)
+    except BaseException as err:
+        _undo_refused_write(payments, registered, err)
         raise
     return len(checked.changes)
