@@ -150,6 +150,17 @@ def smtp_settings() -> SmtpSettings:
 HORIZON_ENV = "BILLING_CATCHUP_HORIZON_NIGHTS"
 MAX_TRIES_ENV = "BILLING_STEP_MAX_TRIES"
 RETRY_BACKOFF_ENV = "BILLING_STEP_RETRY_BACKOFF_MINUTES"
+CATCHUP_INTERVAL_ENV = "BILLING_CATCHUP_INTERVAL_SECONDS"
+DEFAULT_CATCHUP_INTERVAL_SECONDS = 30
+
+
+def catch_up_interval_seconds() -> int:
+    """How often the daemon evaluates `launch_due_nights`: BILLING_CATCHUP_INTERVAL_SECONDS,
+    whole seconds from 1 to 3600 (default 30). A practice's nights are launched one step per
+    evaluation (bills before AutoPay, night N before N+1), so a catch-up of three nights takes
+    six intervals plus the runs. Read when the code location loads: the daemon's code server
+    must have it in its environment."""
+    return whole_number_setting(CATCHUP_INTERVAL_ENV, DEFAULT_CATCHUP_INTERVAL_SECONDS, 1, 3600)
 
 
 def catch_up_policy() -> CatchUpPolicy:

@@ -1,13 +1,14 @@
 """The catch-up sensor that launches every practice's nights, the ledger's schedule, and the
 delivery sensor.
 
-What runs is decided from the database, not from which tick fired (DESIGN invariant 8): every
-minute `launch_due_nights` reads, for each practice, the steps of its nights whose instant has
-passed (00:00 for bills, superbills and statements; 00:30 for AutoPay, in the practice's own
-zone) and which are not recorded done, and launches the first of them, in order, for the
-practices that have one. A daemon that was down three days catches up by itself as soon as it
-is back; a failed step is launched again after a backoff, a bounded number of times, then shown
-failed in `night_ledger`; a night past the horizon is shown missed, never launched on its own.
+What runs is decided from the database, not from which tick fired (DESIGN invariant 8): every 30
+seconds (BILLING_CATCHUP_INTERVAL_SECONDS) `launch_due_nights` reads, for each practice, the steps
+of its nights whose instant has passed (00:00 for bills, superbills and statements; 00:30 for
+AutoPay, in the practice's own zone) and which are not recorded done, and launches the first of
+them, in order, for the practices that have one. A daemon that was down three days catches up by
+itself as soon as it is back; a failed step is launched again after a backoff, a bounded number of
+times, then shown failed in `night_ledger`; a night past the horizon is shown missed, never launched
+on its own.
 """
 
 import hashlib
@@ -18,7 +19,7 @@ from functools import partial
 import dagster as dg
 
 from billing_pipeline.assets.ledger import STEP_TAG, running_steps
-from billing_pipeline.config import catch_up_policy
+from billing_pipeline.config import catch_up_interval_seconds, catch_up_policy
 from billing_pipeline.db.deliveries import due_deliveries, due_reshares
 from billing_pipeline.domain.schedule import Step, to_launch
 from billing_pipeline.jobs import (
@@ -39,7 +40,7 @@ TRY_TAG = "billing/try"
 
 @dg.sensor(
     jobs=[nightly_billing_job, autopay_job],
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=catch_up_interval_seconds(),
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def launch_due_nights(

@@ -75,26 +75,29 @@ class Simulations:
         self.stripe_url = stripe_url
         self.made: dict[tuple[str, str], Simulated] = {}
 
-    def get(self, scenario: Path, backend: str) -> Simulated:
+    def get(self, scenario: Path, backend: str, span: tuple[date, date] | None = None) -> Simulated:
+        """The scenario simulated over `span`, or over its expectation's `_how` range."""
         key = (str(scenario), backend)
         if key not in self.made:
-            self.made[key] = self._shared(scenario, backend)
+            self.made[key] = self._shared(scenario, backend, span)
         return self.made[key]
 
-    def _shared(self, scenario: Path, backend: str) -> Simulated:
+    def _shared(self, scenario: Path, backend: str, span: tuple[date, date] | None) -> Simulated:
         folder = self.root / f"{scenario.parent.name}-{scenario.stem}-{backend}"
         done = folder / "simulated.json"
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / f"{folder.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
             if not done.exists():
-                sim = self._simulate(scenario, backend, folder)
+                sim = self._simulate(scenario, backend, folder, span)
                 done.write_text(json.dumps(asdict(sim), default=str))
         data = json.loads(done.read_text())
         data["first"], data["last"] = (date.fromisoformat(data[k]) for k in ("first", "last"))
         return Simulated(**data)
 
-    def _simulate(self, scenario: Path, backend: str, folder: Path) -> Simulated:
+    def _simulate(
+        self, scenario: Path, backend: str, folder: Path, span: tuple[date, date] | None
+    ) -> Simulated:
         (folder / "dagster_home").mkdir(parents=True)
         if backend == "sqlite":
             url = f"sqlite:///{folder / 'billing.db'}"
@@ -109,7 +112,10 @@ class Simulations:
             "DAGSTER_HOME": str(folder / "dagster_home"),
             "BILLING_DATA_DIR": str(folder / "data"),
         }
-        first, last = how(json.loads(scenario.with_suffix(".expected.json").read_text()))
+        if span is None:
+            first, last = how(json.loads(scenario.with_suffix(".expected.json").read_text()))
+        else:
+            first, last = (day.isoformat() for day in span)
         loaded = cli(env, "scenario", "load", str(scenario))
         assert loaded.returncode == 0, output_of(loaded)
         simulated = debug_cli(env, "simulate", "--from", first, "--to", last)
