@@ -120,20 +120,18 @@ def imported_sessions_have_cpt_codes(conn: Connection, met: Collection[str]) -> 
         {
             "open_overall": dg.MetadataValue.int(int(still_open)),
             # Shown as it is on the check's page (the JSON above hides behind "Show JSON").
-            "sessions_to_bill_by_hand": dg.MetadataValue.md(sessions_markdown(ids)),
+            "sessions_to_bill_by_hand": dg.MetadataValue.text(sessions_text(ids)),
         },
         cpt_description(ids, still_open),
     )
 
 
-def sessions_markdown(session_ids: Sequence[str]) -> str:
-    """The sessions staff must bill by hand or give a CPT code, one per line (ids only)."""
+def sessions_text(session_ids: Sequence[str]) -> str:
+    """The sessions staff must bill by hand or give a CPT code, as one line of ids."""
     if not session_ids:
-        return "No imported session without a CPT code on these nights."
-    lines = [f"- `{sid}`" for sid in session_ids[:SHOWN]]
-    if len(session_ids) > SHOWN:
-        lines.append(f"- ... and {len(session_ids) - SHOWN} more")
-    return "Imported sessions without a CPT code (not billed automatically):\n\n" + "\n".join(lines)
+        return "none on these nights"
+    shown = ", ".join(session_ids[:SHOWN])
+    return shown + (f" ... and {len(session_ids) - SHOWN} more" if len(session_ids) > SHOWN else "")
 
 
 def cpt_description(session_ids: Sequence[str], still_open: int) -> str:
