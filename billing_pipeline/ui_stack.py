@@ -98,22 +98,21 @@ def commands(host: str, port: int) -> list[list[str]]:
     ]
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """SIGTERM to the process's own group (its code server and run workers), then SIGKILL."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of this group only
-    except ProcessLookupError:
-        pass
-    proc.wait()
+def stop(procs: list[subprocess.Popen[bytes]], grace_seconds: float = 5) -> None:
+    """SIGTERM to each process's own group (its code server and the runs it launched: a run
+    still going is stopped too, and run monitoring marks it failed), all at once; SIGKILL to the
+    groups still there after `grace_seconds`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.2)
+    for proc in procs:
+        proc.wait()
 
 
 @contextmanager
@@ -130,8 +129,7 @@ def started(
             )
         yield procs
     finally:
-        for proc in reversed(procs):
-            stop(proc)
+        stop(procs)
 
 
 def serve(ui: UiInstance, host: str, port: int, say: Callable[[str], None]) -> int:

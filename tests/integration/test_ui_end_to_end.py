@@ -416,3 +416,43 @@ def test_without_a_stripe_key_a_backfilled_night_makes_bills_and_autopay_fails_a
     message = failed_steps["autopay_attempts"]
     assert message.startswith("STRIPE_API_KEY is not set"), message
     assert "environment" in message and ".env" in message
+
+
+# --- `billing-pipeline ui`: both processes up, both stopped -----------------------------------
+
+
+def test_billing_pipeline_ui_starts_the_webserver_and_daemon_and_stops_both(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE_")}
+    env.update({"DAGSTER_HOME": str(home), "BILLING_DATABASE_URL": f"sqlite:///{tmp_path}/b.db"})
+    port = free_port()
+    log = tmp_path / "ui.log"
+    cmd = [str(BIN / "billing-pipeline"), "ui", "--from-env", "--port", str(port)]
+    ui = _start(cmd, env, log)
+    try:
+        _wait(
+            lambda: requests.get(f"http://127.0.0.1:{port}/server_info", timeout=5).ok,
+            "billing-pipeline ui's webserver",
+            tmp_path,
+        )
+        children = subprocess.run(
+            ["ps", "-o", "args=", "--ppid", str(ui.pid)],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        assert "dagster-webserver" in children and "dagster-daemon run" in children, children
+        with dg.DagsterInstance.from_config(str(home)) as instance:  # the pool got its slot
+            assert instance.event_log_storage.get_concurrency_info("billing_nightly").limit == 1
+        ui.send_signal(signal.SIGTERM)  # to the command alone: it stops its two processes
+        assert ui.wait(timeout=60) == 0
+    finally:
+        _stop([ui])
+    text = log.read_text()
+    assert "STRIPE_API_KEY is not set" in text
+    left = subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True, check=False)
+    assert f"-p {port}" not in left.stdout
