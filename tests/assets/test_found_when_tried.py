@@ -154,6 +154,33 @@ def test_each_night_of_a_ranged_run_shows_its_own_figures_never_the_batchs(
     cpt = _cpt_evaluation(instance, result.run_ids[0])
     assert cpt.metadata["sessions_to_bill_by_hand"].value == "s-ben-imported"
     assert "s-ben-imported" in (cpt.description or "")
+    # 4. Freshness from the nights done: fresh the next morning, stale weeks later, whenever
+    # the nights were materialised (here: just now).
+    assert freshness(instance, datetime(2026, 11, 4, 12, tzinfo=UTC)) == {
+        "bills": True,
+        "autopay_attempts": True,
+    }
+    late = datetime(2026, 11, 30, 12, tzinfo=UTC)  # Nov 29 is due in Los Angeles
+    stale = ledger_checks(instance, late)
+    assert {k: e.passed for k, e in stale.items()} == {"bills": False, "autopay_attempts": False}
+    assert stale["bills"].metadata["most_nights_behind"].value == 26
+    assert "acct-sunrise: newest night done 2026-11-03" in (stale["bills"].description or "")
+
+
+def ledger_checks(instance: dg.DagsterInstance, at: datetime) -> dict[str, dg.AssetCheckEvaluation]:
+    """night_ledger_job (the ledger and the freshness checks) with the clock at `at`."""
+    job = defs.resolve_job_def("night_ledger_job")
+    clock = {"config": {"mode": "logical", "at": at.isoformat()}}
+    run = job.execute_in_process(instance=instance, run_config={"resources": {"clock": clock}})
+    return {
+        e.asset_key.to_user_string(): e
+        for e in run.get_asset_check_evaluations()
+        if e.check_name == "newest_night_is_recent"
+    }
+
+
+def freshness(instance: dg.DagsterInstance, at: datetime) -> dict[str, bool]:
+    return {asset: e.passed for asset, e in ledger_checks(instance, at).items()}
 
 
 def _cpt_evaluation(instance: dg.DagsterInstance, run_id: str) -> dg.AssetCheckEvaluation:
@@ -314,3 +341,17 @@ def test_ui_refuses_an_instance_that_is_not_there(
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     done = CliRunner().invoke(main, ["ui", "--from-env"])
     assert done.exit_code == 2 and "DAGSTER_HOME is not set" in done.output
+
+
+def test_the_demos_local_stripe_keeps_its_customers_for_the_ui(tmp_path: Path) -> None:
+    """The demo stops its local Stripe with the store saved; `billing-pipeline ui` starts one
+    on the same file, and AutoPay finds the cards the demo registered."""
+    import stripe
+
+    store = str(tmp_path / "localstripe.pickle")
+    with LocalStripe(store=store) as server:
+        client = stripe.StripeClient("sk_test_x", base_addresses={"api": server.url})
+        made = client.v1.customers.create(params={"metadata": {"owner_ref": "cl-x"}})
+    with LocalStripe(store=store) as server:
+        client = stripe.StripeClient("sk_test_x", base_addresses={"api": server.url})
+        assert client.v1.customers.retrieve(made.id).metadata["owner_ref"] == "cl-x"
