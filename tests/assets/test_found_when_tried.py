@@ -76,6 +76,7 @@ def run_simulation(instance: dg.DagsterInstance) -> SimulationResult:
 # --- 1. No Stripe key: the bills are made, AutoPay fails alone, naming the setting ------------
 
 
+@pytest.mark.slow  # Dagster runs over several nights, or a Python process
 def test_without_a_stripe_key_bills_are_made_and_autopay_fails_alone_naming_the_key(
     loaded: Engine, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -119,6 +120,7 @@ def test_the_job_config_needs_no_stripe_key() -> None:
 # --- 2. Each night of a ranged run shows its own figures -------------------------------------
 
 
+@pytest.mark.slow  # Dagster runs over several nights, or a Python process
 def test_each_night_of_a_ranged_run_shows_its_own_figures_never_the_batchs(
     loaded: Engine, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -290,6 +292,7 @@ def test_the_demos_instance_gives_the_nightly_pool_its_slot(tmp_path: Path) -> N
         assert inst.event_log_storage.get_concurrency_info("billing_nightly").slot_count == 1
 
 
+@pytest.mark.slow  # Dagster runs over several nights, or a Python process
 def test_loading_the_code_prints_no_beta_warning() -> None:
     done = subprocess.run(
         [
