@@ -475,9 +475,28 @@ def audit_list(client_id: str | None, since: str | None, as_json: bool) -> None:
         click.echo(f"{r.id} {r.at.isoformat()} {r.actor} {r.action} [{ids}] {r.outcome}")
 
 
-@main.group("ui")
-def ui_group() -> None:
-    """The Dagster UI behind a login (deploy/README.md)."""
+@main.group("ui", invoke_without_command=True)
+@click.option(
+    "--from-env",
+    is_flag=True,
+    help="The instance of the environment (DAGSTER_HOME, BILLING_DATABASE_URL, STRIPE_API_KEY) "
+    "instead of the demo's.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=3000, show_default=True, type=int)
+@click.pass_context
+def ui_group(ctx: click.Context, from_env: bool, host: str, port: int) -> None:
+    """Start the Dagster UI and daemon (`billing-pipeline ui`): on the demo's instance and its
+    local Stripe by default. Subcommands: the UI behind a login (deploy/README.md)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from billing_pipeline.ui_stack import UiSetupError, demo_instance, env_instance, serve
+
+    try:
+        ui = env_instance(os.environ) if from_env else demo_instance()
+        sys.exit(serve(ui, host, port, click.echo))
+    except UiSetupError as err:
+        raise BadInput(str(err)) from None
 
 
 @ui_group.command("user-add")

@@ -6,6 +6,7 @@ from billing_pipeline.assets.chain import NIGHT_CHAIN
 from billing_pipeline.assets.ledger import night_ledger
 from billing_pipeline.assets.preview import night_preview
 from billing_pipeline.checks.documents import DOCUMENT_CHECKS
+from billing_pipeline.checks.freshness import FRESHNESS_CHECKS
 from billing_pipeline.jobs import (
     autopay_job,
     deliver_documents_job,
@@ -26,7 +27,7 @@ from billing_pipeline.schedules import (
 
 defs = dg.Definitions(
     assets=[*NIGHT_CHAIN, night_ledger, night_preview],
-    asset_checks=DOCUMENT_CHECKS,
+    asset_checks=[*DOCUMENT_CHECKS, *FRESHNESS_CHECKS],
     jobs=[
         nightly_billing_job,
         autopay_job,
@@ -42,7 +43,9 @@ defs = dg.Definitions(
     resources={
         "db": BillingDatabase(),
         "clock": Clock(),
-        "payments": Payments(api_key=dg.EnvVar("STRIPE_API_KEY")),
+        # The Stripe key is read from STRIPE_API_KEY by the resource when AutoPay first calls
+        # Stripe (not an EnvVar: an unset one would refuse the whole job, bills included).
+        "payments": Payments(),
         "notifier": Notifier(),
         "renderer": DocumentRenderer(),
     },

@@ -275,7 +275,7 @@ def run_demo(fresh: bool = True) -> int:
     from billing_pipeline.resources.renderer import DocumentRenderer
     from billing_pipeline.scenario.load import load_scenario
     from billing_pipeline.services.documents import export_documents
-    from billing_pipeline.simulate import dagster_instance, simulate
+    from billing_pipeline.simulate import POOLED_INSTANCE_YAML, dagster_instance, simulate
     from billing_pipeline.smtp_sink import SmtpSink
 
     started = time.monotonic()
@@ -297,7 +297,10 @@ def run_demo(fresh: bool = True) -> int:
     scenario_path.write_text(json.dumps(demo_scenario(first, last), indent=1))
 
     emails = folder / "emails"
-    with LocalStripe() as stripe_server, SmtpSink(emails) as smtp_sink:
+    # The local Stripe's customers and cards are kept in data/demo/ when it stops, so that
+    # `billing-pipeline ui` can start it again with them and AutoPay can charge in a backfill.
+    stripe_store = str(folder / "localstripe.pickle")
+    with LocalStripe(store=stripe_store) as stripe_server, SmtpSink(emails) as smtp_sink:
         os.environ["STRIPE_API_BASE"] = stripe_server.url
         # The delivery runs send their notification emails here (.eml files in emails/).
         os.environ["BILLING_SMTP_HOST"] = "127.0.0.1"
@@ -310,7 +313,7 @@ def run_demo(fresh: bool = True) -> int:
         )
         click.echo(f"Demo practices loaded: {summary}")
         click.echo(f"Replaying {first:%B %Y} night by night ({first} .. {last}):")
-        instance = dagster_instance()
+        instance = dagster_instance(POOLED_INSTANCE_YAML)
         nights = [first + timedelta(days=i) for i in range((last - first).days + 1)]
         runs = 0
         with tqdm(nights, unit="night", ncols=80) as bar:

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, select
 
 from billing_pipeline.assets.chain import AT_AUTOPAY, AT_MIDNIGHT, NIGHT_CHAIN
 from billing_pipeline.assets.ledger import night_ledger
+from billing_pipeline.checks.freshness import FRESHNESS_CHECKS
 from billing_pipeline.db import models as m
 from billing_pipeline.db.deliveries import (
     DueDelivery,
@@ -27,9 +28,13 @@ from billing_pipeline.resources.renderer import DocumentRenderer
 from billing_pipeline.services.documents import render_share
 from billing_pipeline.services.emails import send_due_emails
 
+# The freshness checks judge the nights done against the wall clock: the ledger's job runs them
+# every 15 minutes; a night's own run (on either clock) does not.
+FRESHNESS = dg.AssetSelection.checks(*FRESHNESS_CHECKS)
+
 nightly_billing_job = dg.define_asset_job(
     "nightly_billing_job",
-    selection=list(AT_MIDNIGHT),
+    selection=dg.AssetSelection.assets(*AT_MIDNIGHT) - FRESHNESS,
     executor_def=dg.in_process_executor,
     description="00:00 in each practice's zone: eligible sessions, settings, bills, "
     "superbills and statements for the night.",
@@ -37,7 +42,7 @@ nightly_billing_job = dg.define_asset_job(
 
 autopay_job = dg.define_asset_job(
     "autopay_job",
-    selection=list(AT_AUTOPAY),
+    selection=dg.AssetSelection.assets(*AT_AUTOPAY) - FRESHNESS,
     executor_def=dg.in_process_executor,
     description="00:30 in each practice's zone: AutoPay, then release the night's deliveries "
     "and compare Stripe's charges with our payments for finance.",
@@ -45,7 +50,7 @@ autopay_job = dg.define_asset_job(
 
 nightly_chain_job = dg.define_asset_job(
     "nightly_chain_job",
-    selection=list(NIGHT_CHAIN),
+    selection=dg.AssetSelection.assets(*NIGHT_CHAIN) - FRESHNESS,
     executor_def=dg.in_process_executor,
     description="The whole night in one run, for backfills and `simulate`: each asset walks "
     "the nights in order, and every rule that looks at time looks at the night's own instants.",
@@ -53,9 +58,12 @@ nightly_chain_job = dg.define_asset_job(
 
 night_ledger_job = dg.define_asset_job(
     "night_ledger_job",
-    selection=[night_ledger],
+    # With the freshness checks of the night's assets: both read the nights done on the wall
+    # clock, every 15 minutes.
+    selection=dg.AssetSelection.assets(night_ledger) | FRESHNESS,
     executor_def=dg.in_process_executor,
-    description="The ledger of every practice's night steps and its check.",
+    description="The ledger of every practice's night steps and its check, and whether each "
+    "practice's newest night billed and charged is last night (newest_night_is_recent).",
 )
 
 DELIVERY_BATCH = 5000

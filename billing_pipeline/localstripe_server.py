@@ -2,8 +2,10 @@
 /tmp/localstripe.pickle (it would be slow as the store grows and shared by every instance on
 the machine), optionally behind a fixed latency per request (for the AutoPay benchmark).
 
-`python -m billing_pipeline.localstripe_server --port N [--latency-ms M]` runs one in the
-foreground; `LocalStripe` starts and stops one in a subprocess.
+`python -m billing_pipeline.localstripe_server --port N [--latency-ms M] [--store FILE]` runs
+one in the foreground; `LocalStripe` starts and stops one in a subprocess. With `--store` the
+store is loaded from FILE at start and written there when the server stops (the demo keeps its
+local Stripe's customers and cards this way, so `billing-pipeline ui` can charge them later).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve(port: int, latency_ms: int = 0) -> None:
+def serve(port: int, latency_ms: int = 0, store: str | None = None) -> None:
     try:
         from aiohttp import web
         from aiohttp.typedefs import Handler
@@ -41,6 +43,22 @@ def serve(port: int, latency_ms: int = 0) -> None:
     resources.Store.try_load_from_disk = lambda self: None
 
     app = server.app
+    if store:
+        import pickle
+        from pathlib import Path
+
+        path = Path(store)
+        if path.is_file():
+            with path.open("rb") as f:
+                resources.store.update(pickle.load(f))  # our own file, written below
+
+        async def save(_app: web.Application) -> None:
+            tmp = path.with_suffix(".tmp")
+            with tmp.open("wb") as f:
+                pickle.dump(dict(resources.store), f, protocol=pickle.HIGHEST_PROTOCOL)
+            tmp.replace(path)
+
+        app.on_cleanup.append(save)
     if latency_ms:
 
         @web.middleware
@@ -59,9 +77,12 @@ def serve(port: int, latency_ms: int = 0) -> None:
 class LocalStripe:
     """A localstripe subprocess on loopback; use as a context manager."""
 
-    def __init__(self, port: int | None = None, latency_ms: int = 0) -> None:
+    def __init__(
+        self, port: int | None = None, latency_ms: int = 0, store: str | None = None
+    ) -> None:
         self.port = port or free_port()
         self.latency_ms = latency_ms
+        self.store = store
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -77,6 +98,7 @@ class LocalStripe:
             str(self.port),
             "--latency-ms",
             str(self.latency_ms),
+            *(["--store", self.store] if self.store else []),
         ]
         self.process = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy()
@@ -123,8 +145,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8420)
     parser.add_argument("--latency-ms", type=int, default=0)
+    parser.add_argument("--store", default=None, help="Load the store from here, save it on stop.")
     args = parser.parse_args()
-    serve(args.port, args.latency_ms)
+    serve(args.port, args.latency_ms, args.store)
 
 
 if __name__ == "__main__":

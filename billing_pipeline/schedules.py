@@ -13,6 +13,7 @@ on its own.
 
 import hashlib
 import json
+import warnings
 from datetime import UTC, datetime
 from functools import partial
 
@@ -28,20 +29,49 @@ from billing_pipeline.jobs import (
     night_ledger_job,
     nightly_billing_job,
 )
-from billing_pipeline.partitions import ACCOUNTS_TAG, DATABASE_TAG
+from billing_pipeline.partitions import (
+    ACCOUNTS_TAG,
+    DATABASE_TAG,
+    NIGHTS_TAG,
+    PRACTICES_TAG,
+    nights_label,
+    practices_label,
+)
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.notifier import Notifier
 from billing_pipeline.services.catchup import night_states, record_launch
 
+# Dagster 1.13's own `SensorDefinition.with_attributes` (called when the repository binds our
+# sensors to their jobs) passes `owners=[]` on, which warns that the beta `owners` parameter is
+# used at every code load. We pass no owners; only that one notice is silenced.
+warnings.filterwarnings(
+    "ignore",
+    category=dg.BetaWarning,
+    message=r"Parameter `owners` of initializer `SensorDefinition\.__init__` is currently in beta",
+)
+
 JOB_OF_STEP = {Step.BILLS: nightly_billing_job, Step.AUTOPAY: autopay_job}
 TRY_TAG = "billing/try"
+
+
+LAUNCH_DUE_NIGHTS_DESCRIPTION = (
+    "Every 30 s: for each practice, in its own timezone, the steps of its nights whose time has "
+    "come and that the billing database does not record done. At 00:00 local after a night: "
+    "eligible sessions, settings, bills, superbills and statements (nightly_billing_job); at "
+    "00:30 local: AutoPay, the delivery queue and the Stripe reconciliation (autopay_job). A "
+    "practice in Los Angeles and one in New York get their runs three hours apart, each run "
+    "tagged with its night and practices. Bills before AutoPay, night N before N+1; a failed "
+    "step is tried again after a backoff; nights past the catch-up horizon are shown missed in "
+    "night_ledger for an analyst to backfill, never launched by themselves."
+)
 
 
 @dg.sensor(
     jobs=[nightly_billing_job, autopay_job],
     minimum_interval_seconds=catch_up_interval_seconds(),
     default_status=dg.DefaultSensorStatus.RUNNING,
+    description=LAUNCH_DUE_NIGHTS_DESCRIPTION,
 )
 def launch_due_nights(
     context: dg.SensorEvaluationContext, db: BillingDatabase, clock: Clock
@@ -74,6 +104,8 @@ def launch_due_nights(
                     STEP_TAG: step.value,
                     DATABASE_TAG: database,
                     TRY_TAG: str(tries),
+                    NIGHTS_TAG: nights_label([night]),
+                    PRACTICES_TAG: practices_label(account_ids),
                 },
             )
         )
@@ -90,6 +122,9 @@ def launch_due_nights(
     cron_schedule="*/15 * * * *",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every 15 minutes (UTC): refreshes night_ledger, the state of every practice's "
+    "00:00 and 00:30 steps, night by night, in each practice's own timezone. It launches no "
+    "billing: the catch-up sensor launch_due_nights does.",
 )
 def night_ledger_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     """Refreshes `night_ledger` every 15 minutes. A tick missed loses nothing: the ledger is
@@ -110,6 +145,9 @@ IN_FLIGHT = [
     job=deliver_documents_job,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Every minute: shares the documents whose time has come (each made at 00:00 "
+    "in its practice's zone, due after the client's delay; a bill due after its night's 00:30 "
+    "AutoPay waits for AutoPay's outcome), one delivery run at a time per billing database.",
 )
 def deliver_due_documents(
     context: dg.SensorEvaluationContext, db: BillingDatabase, clock: Clock, notifier: Notifier

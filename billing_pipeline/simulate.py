@@ -33,6 +33,23 @@ DEFAULT_INSTANCE_YAML = """\
 telemetry:
   enabled: false
 """
+# The demo's home (and `billing-pipeline ui`'s): the nightly assets' pool gets its slot, so the
+# UI shows no pool without a limit, and a daemon frees the slots of a run whose process died.
+# Not for `simulate`'s default home, which runs no daemon: a simulate killed mid-step would
+# keep its slot and the next one would wait for it.
+POOLED_INSTANCE_YAML = """\
+telemetry:
+  enabled: false
+concurrency:
+  pools:
+    default_limit: 1
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  max_resume_run_attempts: 0
+  poll_interval_seconds: 60
+  free_slots_after_run_end_seconds: 60
+"""
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 MAX_DELIVERY_RUNS = 100
 
@@ -49,8 +66,9 @@ class SimulationResult:
         return not self.failed
 
 
-def dagster_instance() -> dg.DagsterInstance:
-    """The instance of DAGSTER_HOME, else a home in the project's data folder."""
+def dagster_instance(config_yaml: str = DEFAULT_INSTANCE_YAML) -> dg.DagsterInstance:
+    """The instance of DAGSTER_HOME, else a home in the project's data folder; a new home gets
+    `config_yaml` as its dagster.yaml."""
     if not os.environ.get("DAGSTER_HOME"):
         home = data_dir() / "dagster_home"
         home.mkdir(parents=True, exist_ok=True)
@@ -59,7 +77,7 @@ def dagster_instance() -> dg.DagsterInstance:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text(DEFAULT_INSTANCE_YAML)
+        config.write_text(config_yaml)
     return dg.DagsterInstance.get()
 
 

@@ -7,7 +7,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 # libharfbuzz-subset0: without it WeasyPrint falls back to fontTools and runs ~2.4x slower.
-DEBIAN_PACKAGES=(libharfbuzz-subset0)
+# chromium: the browser the UI's end-to-end test drives through Playwright (executable_path);
+# Playwright never downloads a browser of its own.
+DEBIAN_PACKAGES=(chromium libharfbuzz-subset0)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -21,6 +23,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: please install these Debian packages: ${missing[*]}" >&2
   fi
 fi
+
+# The Playwright package would otherwise offer to fetch its own browsers; we use Debian's.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then

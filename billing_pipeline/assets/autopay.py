@@ -14,6 +14,7 @@ from billing_pipeline.assets.common import (
     nightly_asset,
     practice_check,
     practice_check_spec,
+    require_stripe,
     run_nights,
     summarize,
 )
@@ -64,7 +65,14 @@ def run_ended(instance: dg.DagsterInstance) -> Callable[[str], bool]:
 @nightly_asset(
     deps=[bills],
     check_specs=[
-        dg.AssetCheckSpec("no_bill_paid_twice", asset="autopay_attempts", blocking=True),
+        dg.AssetCheckSpec(
+            "no_bill_paid_twice",
+            asset="autopay_attempts",
+            blocking=True,
+            description="No client paid a bill twice: no bill is covered by two successful "
+            "AutoPay charges. Any such bill is listed by id, and the run fails so that staff "
+            "refund it.",
+        ),
         practice_check_spec("autopay_attempts", blocking=True),
         autopay_nights_look_usual_spec("autopay_attempts"),
     ],
@@ -82,6 +90,7 @@ def autopay_attempts(
     """At 00:30 in each practice's zone, charge the whole open balance of every client whose
     AutoPay is on at the account, the client and the billing contact, with a card that has not
     expired. Each attempt is recorded before Stripe is called and never made twice."""
+    require_stripe(context, payments)
     failed: dict[str, str] = {}
     run_id = context.run.run_id
 
@@ -119,6 +128,7 @@ def autopay_attempts(
         check = no_bill_paid_twice(conn, run_nights(context))
     return dg.MaterializeResult(
         metadata=summarize(
+            context,
             figures,
             [
                 "attempts",
@@ -162,6 +172,6 @@ def statements(
     failed: dict[str, str] = {}
     figures = for_each_night(context, db, clock, Step.BILLS, create_statements, failed)
     return dg.MaterializeResult(
-        metadata=summarize(figures, ["statements", "deliveries_queued"]),
+        metadata=summarize(context, figures, ["statements", "deliveries_queued"]),
         check_results=[practice_check("statements", failed)],
     )

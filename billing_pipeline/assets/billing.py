@@ -20,7 +20,14 @@ from billing_pipeline.services.nightly import create_bills, create_superbills
 @nightly_asset(
     deps=[eligible_sessions, resolved_settings],
     check_specs=[
-        dg.AssetCheckSpec("bill_totals_match_lines", asset="bills", blocking=True),
+        dg.AssetCheckSpec(
+            "bill_totals_match_lines",
+            asset="bills",
+            blocking=True,
+            description="Every bill made tonight adds up: its total is the sum of its lines "
+            "(units times fee for each service). A bill that does not stops the night before "
+            "AutoPay, so no client is charged a wrong amount; its bill ids are listed.",
+        ),
         practice_check_spec("bills"),
     ],
 )
@@ -45,7 +52,9 @@ def bills(
         check = bill_totals_match_lines(conn, sorted({f.night for f in figures}))
     return dg.MaterializeResult(
         metadata=summarize(
-            figures, ["bills", "deliveries_queued", "not_due_yet", "eligible_sessions_not_listed"]
+            context,
+            figures,
+            ["bills", "deliveries_queued", "not_due_yet", "eligible_sessions_not_listed"],
         ),
         check_results=[check, practice_check("bills", failed)],
     )
@@ -61,6 +70,6 @@ def superbills(
     failed: dict[str, str] = {}
     figures = for_each_night(context, db, clock, Step.BILLS, create_superbills, failed)
     return dg.MaterializeResult(
-        metadata=summarize(figures, ["superbills", "deliveries_queued"]),
+        metadata=summarize(context, figures, ["superbills", "deliveries_queued"]),
         check_results=[practice_check("superbills", failed)],
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 
 import dagster as dg
 from sqlalchemy import Connection
@@ -17,9 +17,17 @@ from billing_pipeline.domain.money import dollars
 from billing_pipeline.domain.practice import AccountView, Practice
 from billing_pipeline.domain.schedule import Step, step_instant
 from billing_pipeline.errors import SafeMessageError
-from billing_pipeline.partitions import ACCOUNTS_TAG, service_dates
+from billing_pipeline.partitions import (
+    ACCOUNTS_TAG,
+    NIGHTS_TAG,
+    PRACTICES_TAG,
+    nights_label,
+    practices_label,
+    service_dates,
+)
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
+from billing_pipeline.resources.payments import Payments
 from billing_pipeline.services.nightly import NightFigures
 from billing_pipeline.testing import step_fault
 
@@ -28,11 +36,10 @@ NightWork = Callable[[Connection, Practice, date, datetime], NightFigures]
 # `backfill_policy` is marked beta; we choose single-run backfills deliberately (README).
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
-# Some practice reaches midnight every hour or so; a chain step that has not run for 26 hours
-# means the schedules stopped, and the UI shows it as failing freshness.
-NIGHTLY_FRESHNESS = dg.FreshnessPolicy.time_window(
-    fail_window=timedelta(hours=26), warn_window=timedelta(hours=25)
-)
+# No Dagster `FreshnessPolicy`: in 1.13 it judges the wall time of the last materialisation, so
+# after a backfill of an old month (or the demo's replay of last month) it said Passing while
+# the newest night done was a month old. Freshness is the check `newest_night_is_recent`
+# (checks/freshness.py), read from the nights done, every 15 minutes.
 
 
 def nightly_asset(
@@ -43,17 +50,31 @@ def nightly_asset(
 ) -> Callable[[Callable[..., dg.MaterializeResult]], dg.AssetsDefinition]:
     """A step of the night: partitioned by service date, in the billing group, one run for a
     backfill's whole range (each asset walks the nights in order), in the `billing_nightly`
-    pool, failing freshness when the schedules stop."""
+    pool."""
     return dg.asset(
         partitions_def=service_dates,
         group_name="billing",
         kinds={"sql"},
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool="billing_nightly",
-        freshness_policy=NIGHTLY_FRESHNESS,
         deps=list(deps),
         check_specs=list(check_specs),
         retry_policy=retry_policy,
+    )
+
+
+def require_stripe(context: dg.AssetExecutionContext, payments: Payments) -> None:
+    """A step that talks to Stripe fails at once, alone, when there is no Stripe key: with a
+    message that names the setting and where to set it, not a stack trace. No retry (a retry
+    would not find a key either); the steps that do not talk to Stripe ran without it."""
+    if payments.configured():
+        return
+    message = payments.missing_key_message()
+    context.log.error(message)
+    raise dg.Failure(
+        description=message,
+        metadata={"missing_setting": payments.api_key_env_var},
+        allow_retries=False,
     )
 
 
@@ -67,7 +88,24 @@ def run_accounts(context: dg.AssetExecutionContext, db: BillingDatabase) -> list
     tag = context.run.tags.get(ACCOUNTS_TAG)
     ids = [a for a in tag.split(",") if a] if tag else None
     with db.engine.connect() as conn:
-        return list_accounts(conn, ids)
+        accounts = list_accounts(conn, ids)
+    label_run(context, [a.id for a in accounts])
+    return accounts
+
+
+def label_run(context: dg.AssetExecutionContext, account_ids: Sequence[str]) -> None:
+    """Tag the run with the nights and practices it covers, for the run list: a backfill
+    launched from the UI only carries Dagster's partition range tags. Ids only."""
+    tags = {
+        NIGHTS_TAG: nights_label(run_nights(context)),
+        PRACTICES_TAG: practices_label(account_ids),
+    }
+    if all(context.run.tags.get(k) == v for k, v in tags.items()):
+        return
+    try:
+        context.instance.add_run_tags(context.run.run_id, tags)
+    except Exception as exc:  # a label: never worth failing a night for
+        context.log.warning(f"could not tag the run ({type(exc).__name__})")
 
 
 def for_each_practice_night(
@@ -188,27 +226,44 @@ def practice_check(asset: str, failed: dict[str, str]) -> dg.AssetCheckResult:
     )
 
 
-def summarize(
-    figures: Sequence[NightFigures], headline: Sequence[str]
-) -> dict[str, dg.MetadataValue]:
-    """Dagster metadata for finance: totals, amounts in dollars, a row per practice and per
-    night. Ids and numbers only, never a name."""
-    totals: Counter[str] = Counter()
-    amount = 0
-    per_account: defaultdict[str, Counter[str]] = defaultdict(Counter)
-    per_night: defaultdict[str, Counter[str]] = defaultdict(Counter)
+def night_figures(
+    figures: Sequence[NightFigures], headline: Sequence[str], nights: Sequence[date]
+) -> dict[str, dict[str, dg.MetadataValue]]:
+    """Finance's figures of each night (every night of `nights`, zeros included): totals,
+    amounts in cents and dollars, a row per practice. Ids and numbers only, never a name."""
+    by_night: defaultdict[date, list[NightFigures]] = defaultdict(list)
     for f in figures:
-        amount += f.amount_cents
-        totals.update(f.counts)
-        for row in (per_account[f.account_id], per_night[f.night.isoformat()]):
-            row.update(f.counts)
-            row["amount_cents"] += f.amount_cents
-    metadata: dict[str, dg.MetadataValue] = {
-        key: dg.MetadataValue.int(totals.get(key, 0)) for key in headline
-    }
-    metadata["amount_cents"] = dg.MetadataValue.int(amount)
-    metadata["amount"] = dg.MetadataValue.text(dollars(amount))
-    metadata["practices"] = dg.MetadataValue.int(len(per_account))
-    metadata["per_practice"] = dg.MetadataValue.json({k: dict(v) for k, v in per_account.items()})
-    metadata["per_night"] = dg.MetadataValue.json({k: dict(v) for k, v in per_night.items()})
-    return metadata
+        by_night[f.night].append(f)
+    out: dict[str, dict[str, dg.MetadataValue]] = {}
+    for night in sorted(set(nights) | set(by_night)):
+        totals: Counter[str] = Counter()
+        amount = 0
+        per_account: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        for f in by_night.get(night, []):
+            amount += f.amount_cents
+            totals.update(f.counts)
+            per_account[f.account_id].update(f.counts)
+            per_account[f.account_id]["amount_cents"] += f.amount_cents
+        metadata: dict[str, dg.MetadataValue] = {
+            "night": dg.MetadataValue.text(night.isoformat()),
+            **{key: dg.MetadataValue.int(totals.get(key, 0)) for key in headline},
+            "amount_cents": dg.MetadataValue.int(amount),
+            "amount": dg.MetadataValue.text(dollars(amount)),
+            "practices": dg.MetadataValue.int(len(per_account)),
+            "per_practice": dg.MetadataValue.json({k: dict(v) for k, v in per_account.items()}),
+        }
+        out[night.isoformat()] = metadata
+    return out
+
+
+def summarize(
+    context: dg.AssetExecutionContext, figures: Sequence[NightFigures], headline: Sequence[str]
+) -> dict[str, dg.MetadataValue]:
+    """Each night of the run gets its own figures on its own partition's materialization
+    (`add_asset_metadata` with the partition key), whichever backfill policy ran it: a ranged
+    run has one `MaterializeResult` for all its partitions, and Dagster copies its metadata onto
+    each of them (dagster-io/dagster issue 18123), so the result's own metadata stays empty and
+    no night ever shows the batch's figures. Returns that (empty) run-wide metadata."""
+    for night, metadata in night_figures(figures, headline, run_nights(context)).items():
+        context.add_asset_metadata(metadata, partition_key=night)
+    return {}

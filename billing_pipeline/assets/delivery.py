@@ -22,7 +22,13 @@ from billing_pipeline.services.nightly import release_deliveries
 @nightly_asset(
     deps=[autopay_attempts, superbills, statements],
     check_specs=[
-        dg.AssetCheckSpec("deliveries_never_early", asset="delivery_queue"),
+        dg.AssetCheckSpec(
+            "deliveries_never_early",
+            asset="delivery_queue",
+            description="No bill, superbill or statement was shared with a client before "
+            "its time (its creation plus the client's delay, and after AutoPay for bills that "
+            "wait for it). Early deliveries are listed by id.",
+        ),
         practice_check_spec("delivery_queue"),
     ],
 )
@@ -45,6 +51,7 @@ def delivery_queue(
         check = deliveries_never_early(conn, run_nights(context))
     return dg.MaterializeResult(
         metadata=summarize(
+            context,
             figures,
             [
                 "bill_deliveries",

@@ -1,13 +1,17 @@
 """payment_reconciliations: finance's nightly comparison of Stripe with our payment rows, a table
 of what disagrees."""
 
-from collections import Counter
 from datetime import UTC, datetime
 
 import dagster as dg
 
 from billing_pipeline.assets.autopay import autopay_attempts, run_ended
-from billing_pipeline.assets.common import nightly_asset, run_accounts, run_nights
+from billing_pipeline.assets.common import (
+    nightly_asset,
+    require_stripe,
+    run_accounts,
+    run_nights,
+)
 from billing_pipeline.db.owners import OwnerProbe
 from billing_pipeline.db.reconciliations import replace_reconciliations
 from billing_pipeline.resources.database import BillingDatabase
@@ -39,6 +43,7 @@ def payment_reconciliations(
     recorded for that night's attempts, one row per PaymentIntent that disagrees with both
     sides' figures (the night's rows are replaced; none means it agrees). Any drift fails the
     check and is logged as an error, with Stripe and attempt ids only (never a name)."""
+    require_stripe(context, payments)
     nights = run_nights(context)
     accounts = [a.id for a in run_accounts(context, db)]
     drift = ledger_drift(
@@ -48,12 +53,10 @@ def payment_reconciliations(
         nights,
         owner_gone_rule(OwnerProbe(db.engine), run_ended(context.instance)),
     )
-    totals: Counter[str] = Counter()
     per_night: dict[str, dict[str, int]] = {}
     details: dict[str, dict[str, list[str]]] = {}
     for night, d in drift.items():
         per_night[night.isoformat()] = d.counts()
-        totals.update(d.counts())
         if not d.clean:
             details[night.isoformat()] = {
                 "unknown_charges": list(d.unknown_charges),
@@ -72,14 +75,20 @@ def payment_reconciliations(
     db.transact(
         lambda conn: replace_reconciliations(conn, accounts, rows, nights, datetime.now(UTC))
     )
+    # Each night's own figures on its own partition (a ranged run would copy one dict onto
+    # every night: assets/common.py, summarize).
+    for night in nights:
+        counts = per_night.get(night.isoformat(), {})
+        context.add_asset_metadata(
+            {
+                "night": dg.MetadataValue.text(night.isoformat()),
+                "nights_with_drift": dg.MetadataValue.int(int(night.isoformat() in details)),
+                "rows": dg.MetadataValue.int(sum(1 for n, _ in rows if n == night)),
+                **{key: dg.MetadataValue.int(n) for key, n in sorted(counts.items())},
+            },
+            partition_key=night.isoformat(),
+        )
     return dg.MaterializeResult(
-        metadata={
-            "nights": dg.MetadataValue.int(len(nights)),
-            "nights_with_drift": dg.MetadataValue.int(len(drifted)),
-            "rows": dg.MetadataValue.int(len(rows)),
-            **{key: dg.MetadataValue.int(n) for key, n in sorted(totals.items())},
-            "per_night": dg.MetadataValue.json(per_night),
-        },
         check_results=[
             dg.AssetCheckResult(
                 check_name=CHECK,

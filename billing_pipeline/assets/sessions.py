@@ -18,7 +18,14 @@ from billing_pipeline.services.nightly import record_eligible_sessions, record_r
 
 @nightly_asset(
     check_specs=[
-        dg.AssetCheckSpec("imported_sessions_have_cpt_codes", asset="eligible_sessions"),
+        dg.AssetCheckSpec(
+            "imported_sessions_have_cpt_codes",
+            asset="eligible_sessions",
+            description="Sessions imported from your previous EHR have no CPT code, so "
+            "automation cannot bill them: staff bill them by hand or add the code (the session "
+            "is then billed on its next night). Warns with the session ids met on these "
+            "nights, listed on this page.",
+        ),
         practice_check_spec("eligible_sessions"),
     ],
 )
@@ -43,7 +50,7 @@ def eligible_sessions(
         check = imported_sessions_have_cpt_codes(conn, met)
     return dg.MaterializeResult(
         metadata=summarize(
-            figures, ["eligible_sessions", "imported_sessions_missing_cpt", "new_flags"]
+            context, figures, ["eligible_sessions", "imported_sessions_missing_cpt", "new_flags"]
         ),
         check_results=[check, practice_check("eligible_sessions", failed)],
     )
@@ -70,6 +77,7 @@ def resolved_settings(
     )
     return dg.MaterializeResult(
         metadata=summarize(
+            context,
             figures,
             [
                 "clients",

@@ -23,6 +23,7 @@ def _result(
     count_key: str,
     severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
     extra: Mapping[str, dg.MetadataValue] | None = None,
+    description: str | None = None,
 ) -> dg.AssetCheckResult:
     """A check that passes when nothing offends; ids (never names) and a count otherwise."""
     return dg.AssetCheckResult(
@@ -35,6 +36,7 @@ def _result(
             count_key: dg.MetadataValue.int(len(offenders)),
             **(extra or {}),
         },
+        description=description,
     )
 
 
@@ -107,14 +109,38 @@ def imported_sessions_have_cpt_codes(conn: Connection, met: Collection[str]) -> 
         ).scalars()
     )
     still_open = len(flagged) - len(sessions_with_cpt(conn, flagged))
+    ids = sorted(set(met))
     return _result(
         "imported_sessions_have_cpt_codes",
         "eligible_sessions",
-        sorted(set(met)),
+        ids,
         "session_ids",
         "flagged_sessions",
         dg.AssetCheckSeverity.WARN,
-        {"open_overall": dg.MetadataValue.int(int(still_open))},
+        {
+            "open_overall": dg.MetadataValue.int(int(still_open)),
+            # Shown as it is on the check's page (the JSON above hides behind "Show JSON").
+            "sessions_to_bill_by_hand": dg.MetadataValue.text(sessions_text(ids)),
+        },
+        cpt_description(ids, still_open),
+    )
+
+
+def sessions_text(session_ids: Sequence[str]) -> str:
+    """The sessions staff must bill by hand or give a CPT code, as one line of ids."""
+    if not session_ids:
+        return "none on these nights"
+    shown = ", ".join(session_ids[:SHOWN])
+    return shown + (f" ... and {len(session_ids) - SHOWN} more" if len(session_ids) > SHOWN else "")
+
+
+def cpt_description(session_ids: Sequence[str], still_open: int) -> str:
+    if not session_ids:
+        return f"no imported session without a CPT code on these nights ({still_open} open overall)"
+    shown = ", ".join(session_ids[:20]) + (" ..." if len(session_ids) > 20 else "")
+    return (
+        f"{len(session_ids)} imported session(s) without a CPT code, not billed: {shown} "
+        f"({still_open} open overall)"
     )
 
 

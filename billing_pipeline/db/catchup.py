@@ -129,3 +129,17 @@ def note_failure(
     conn.execute(
         update(t).where(_key(account_id, night, step)).values(last_error=error, last_failed_at=at)
     )
+
+
+def newest_done_nights(conn: Connection, step: Step) -> dict[str, date]:
+    """{account id: the newest night whose `step` is done (every record of it)}."""
+    needed = STEP_RECORDS[step]
+    nights = (
+        select(m.NightStep.account_id, m.NightStep.night)
+        .where(m.NightStep.step.in_(needed))
+        .group_by(m.NightStep.account_id, m.NightStep.night)
+        .having(func.count(func.distinct(m.NightStep.step)) == len(needed))
+        .subquery()
+    )
+    query = select(nights.c.account_id, func.max(nights.c.night)).group_by(nights.c.account_id)
+    return {account_id: night for account_id, night in conn.execute(query)}

@@ -44,8 +44,23 @@ META_NIGHT = "night"
 _CLIENT_LOCK = threading.Lock()
 
 
+STRIPE_KEY_ENV = "STRIPE_API_KEY"
+
+
 class PaymentsNotConfigured(RuntimeError):
     """No Stripe key: AutoPay and card registration cannot run."""
+
+
+def missing_key_message(env_var: str = STRIPE_KEY_ENV) -> str:
+    """What to tell people when the Stripe key is missing: the setting and where it goes."""
+    return (
+        f"{env_var} is not set: AutoPay and Stripe reconciliation need a Stripe secret key. "
+        f"Set {env_var} in the environment of the processes that run Dagster's runs (the "
+        "dagster-daemon and dagster-webserver, or a .env file in the folder they start from; "
+        "`billing-pipeline ui` sets it for the demo's local Stripe), then re-execute AutoPay "
+        "for these nights: the steps that do not talk to Stripe (bills, superbills, "
+        "statements) ran without it."
+    )
 
 
 class StripeUnavailable(RuntimeError):
@@ -200,11 +215,24 @@ def _retry_after(err: stripe.StripeError) -> float | None:
 
 
 class Payments(dg.ConfigurableResource):
-    """Stripe, for AutoPay. The key comes only from the environment (`EnvVar`); it is never
-    logged or put in metadata. Every request has a timeout; charges go through a bounded pool
-    under a rate limit, and 429s pause the whole pool."""
+    """Stripe, for AutoPay. The key comes only from the environment: the variable named by
+    `api_key_env_var`, read when Stripe is first called (never at import, never into run config,
+    so the UI never shows it; it is never logged or put in metadata). It is optional in the
+    config on purpose: a Dagster `EnvVar` that is not set makes the whole job's config invalid,
+    and a backfill would fail before its first bill; without a key only the steps that talk to
+    Stripe fail, naming the variable. Every request has a timeout; charges go through a bounded
+    pool under a rate limit, and 429s pause the whole pool."""
 
-    api_key: str | None = Field(default=None, description="Stripe secret key (EnvVar only).")
+    api_key: str | None = Field(
+        default=None,
+        description="Stripe secret key for tests and the CLI; leave empty in Dagster (the key "
+        "then comes from the variable `api_key_env_var`).",
+    )
+    api_key_env_var: str = Field(
+        default=STRIPE_KEY_ENV,
+        description="The environment variable holding the Stripe secret key (its name, not the "
+        "key).",
+    )
     api_base: str | None = Field(
         default=None,
         description="Stripe API base URL; empty means STRIPE_API_BASE, else Stripe's own.",
@@ -220,17 +248,29 @@ class Payments(dg.ConfigurableResource):
     _client: stripe.StripeClient | None = PrivateAttr(default=None)
     _limiter: _RateLimiter | None = PrivateAttr(default=None)
 
+    def _key(self) -> str | None:
+        return self.api_key or os.environ.get(self.api_key_env_var) or None
+
+    def configured(self) -> bool:
+        """A Stripe key is there (given, or in the environment variable)."""
+        return self._key() is not None
+
+    def missing_key_message(self) -> str:
+        return missing_key_message(self.api_key_env_var)
+
     def _stripe(self) -> stripe.StripeClient:
-        if not self.api_key:
+        key = self._key()
+        if key is None:
             raise PaymentsNotConfigured(
-                "STRIPE_API_KEY is not set: AutoPay and card registration need a Stripe key"
+                f"{self.api_key_env_var} is not set: AutoPay and card registration need a "
+                "Stripe key"
             )
         with _CLIENT_LOCK:
             if self._client is None:
                 # Not a secret, so read here (at first use, never at import) when not set.
                 base = self.api_base or os.environ.get("STRIPE_API_BASE")
                 self._client = stripe.StripeClient(
-                    self.api_key,
+                    key,
                     base_addresses={"api": base} if base else None,
                     # Our own loop retries with our own key; the SDK's retries stay off.
                     max_network_retries=0,

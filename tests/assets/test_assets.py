@@ -194,7 +194,7 @@ def test_one_night_writes_its_rows_and_reports_its_figures(
     assert meta["bills"]["per_practice"] == {
         "acct-sunrise": {"bills": 4, "deliveries_queued": 4, "amount_cents": 63000}
     }
-    assert meta["bills"]["per_night"]["2026-11-03"]["bills"] == 4
+    assert meta["bills"]["night"] == "2026-11-03"  # each partition: its own night
     assert meta["autopay_attempts"]["attempts"] == 1
     assert meta["autopay_attempts"]["outcome_succeeded"] == 1
     assert meta["autopay_attempts"]["amount"] == "$480.00"

@@ -512,8 +512,12 @@ def main(argv: list[str] | None = None) -> int:
     ended = time.time()
     figures: dict[str, Any] = {}
     if "autopay_attempts" in [n.name for n in job.nodes_in_topological_order]:
+        # Each night's materialisation holds that night's figures: the run's are their sum.
         for mat in result.asset_materializations_for_node("autopay_attempts"):
-            figures = mat.metadata["per_practice"].value
+            for account, counts in mat.metadata["per_practice"].value.items():
+                total = figures.setdefault(account, {})
+                for key, n in counts.items():
+                    total[key] = total.get(key, 0) + n
     from billing_pipeline.simulate import failed_checks
 
     summary = {
