@@ -56,8 +56,9 @@ TRY_TAG = "billing/try"
 
 
 LAUNCH_DUE_NIGHTS_DESCRIPTION = (
-    "Every 30 s: for each practice, in its own timezone, the steps of its nights whose time has "
-    "come and that the billing database does not record done. At 00:00 local after a night: "
+    "Every 30 s (BILLING_CATCHUP_INTERVAL_SECONDS): for each practice, in its own timezone, the "
+    "steps of its nights whose time has come and that the billing database does not record "
+    "done. At 00:00 local after a night: "
     "eligible sessions, settings, bills, superbills and statements (nightly_billing_job); at "
     "00:30 local: AutoPay, the delivery queue and the Stripe reconciliation (autopay_job). A "
     "practice in Los Angeles and one in New York get their runs three hours apart, each run "
