@@ -6,6 +6,7 @@ from billing_pipeline.assets.chain import NIGHT_CHAIN
 from billing_pipeline.assets.ledger import night_ledger
 from billing_pipeline.assets.preview import night_preview
 from billing_pipeline.checks.documents import DOCUMENT_CHECKS
+from billing_pipeline.checks.suites import EXPECTATION_CHECKS
 from billing_pipeline.jobs import (
     autopay_job,
     deliver_documents_job,
@@ -26,7 +27,7 @@ from billing_pipeline.schedules import (
 
 defs = dg.Definitions(
     assets=[*NIGHT_CHAIN, night_ledger, night_preview],
-    asset_checks=DOCUMENT_CHECKS,
+    asset_checks=[*DOCUMENT_CHECKS, *EXPECTATION_CHECKS],
     jobs=[
         nightly_billing_job,
         autopay_job,

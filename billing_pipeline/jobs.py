@@ -11,6 +11,7 @@ from sqlalchemy import Connection, select
 
 from billing_pipeline.assets.chain import AT_AUTOPAY, AT_MIDNIGHT, NIGHT_CHAIN
 from billing_pipeline.assets.ledger import night_ledger
+from billing_pipeline.checks.suites import bills_meet_expectations
 from billing_pipeline.db import models as m
 from billing_pipeline.db.deliveries import (
     DueDelivery,
@@ -37,10 +38,14 @@ nightly_billing_job = dg.define_asset_job(
 
 autopay_job = dg.define_asset_job(
     "autopay_job",
-    selection=list(AT_AUTOPAY),
+    # The bills' blocking suite runs first in the same run: a night whose bills disagree
+    # with their lines is not charged.
+    selection=dg.AssetSelection.assets(*AT_AUTOPAY)
+    | dg.AssetSelection.checks(bills_meet_expectations),
     executor_def=dg.in_process_executor,
-    description="00:30 in each practice's zone: AutoPay, then release the night's deliveries "
-    "and compare Stripe's charges with our payments for finance.",
+    description="00:30 in each practice's zone: the bills' expectations (blocking), AutoPay, "
+    "then release the night's deliveries and compare Stripe's charges with our payments for "
+    "finance.",
 )
 
 nightly_chain_job = dg.define_asset_job(
