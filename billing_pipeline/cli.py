@@ -201,6 +201,57 @@ def report_cmd(as_json: bool) -> None:
         click.echo(f"{key}: {len(items)}")
 
 
+@main.group()
+def finance() -> None:
+    """Finance's figures per practice and night (the `finance_daily` table)."""
+
+
+@finance.command("export")
+@click.option("--month", required=True, help="The month of the service dates (YYYY-MM).")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV (integer cents).")
+def finance_export(month: str, as_csv: bool) -> None:
+    """Print finance_daily's rows of MONTH: per night and practice, bills made and their
+    total, collected by AutoPay, declined, requires action, open balance, documents shared.
+    Amounts are integer cents in CSV, dollars otherwise."""
+    import calendar
+    import csv
+    import re
+
+    from billing_pipeline.db import audit
+    from billing_pipeline.db.finance import COLUMNS, finance_month
+    from billing_pipeline.domain.money import dollars
+
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
+        raise BadInput(f"--month {month[:20]!r} is not a month (YYYY-MM)")
+    year, number = int(month[:4]), int(month[5:])
+    first = date(year, number, 1)
+    last = date(year, number, calendar.monthrange(year, number)[1])
+    engine = _engine()
+    with engine.connect() as conn:
+        rows = finance_month(conn, first, last).to_dict("records")
+    # A read of the practices' figures (no client ids in them): recorded, and committed,
+    # before anything is shown, as `report` does.
+    audit.record(engine, "finance_export", [], f"shown: {month}, {len(rows)} row(s)")
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for row in rows:
+            writer.writerow([str(row[k])[:10] if k == "night" else row[k] for k in COLUMNS])
+        return
+    for row in rows:
+        click.echo(
+            f"{row['night']} {row['account_id']}: {row['bills']} bill(s) for "
+            f"{dollars(int(row['bills_cents']))}; AutoPay collected "
+            f"{dollars(int(row['collected_cents']))} in {row['charges_succeeded']} charge(s), "
+            f"{row['charges_declined']} declined ({dollars(int(row['declined_cents']))}), "
+            f"{row['charges_requires_action']} need the client's action; open "
+            f"{dollars(int(row['open_balance_cents']))}; {row['documents_shared']} document(s) "
+            "shared"
+        )
+    if not rows:
+        click.echo(f"no figures for {month}: materialise finance_daily for its nights first")
+
+
 @main.command("explain")
 @click.argument("client_id")
 @click.option("--date", "night", default=None, help="Service date (default: last night).")

@@ -10,6 +10,7 @@ import dagster as dg
 from sqlalchemy import Connection, select
 
 from billing_pipeline.assets.chain import AT_AUTOPAY, AT_MIDNIGHT, NIGHT_CHAIN
+from billing_pipeline.assets.finance import finance_daily
 from billing_pipeline.assets.ledger import night_ledger
 from billing_pipeline.checks.suites import bills_meet_expectations
 from billing_pipeline.db import models as m
@@ -61,6 +62,15 @@ night_ledger_job = dg.define_asset_job(
     selection=[night_ledger],
     executor_def=dg.in_process_executor,
     description="The ledger of every practice's night steps and its check.",
+)
+
+finance_daily_job = dg.define_asset_job(
+    "finance_daily_job",
+    selection=[finance_daily],
+    executor_def=dg.in_process_executor,
+    description="Finance's figures of a night per practice (bills, AutoPay collected, declined "
+    "and needing action, open balance, documents shared), once every practice's night and its "
+    "deliveries are done (`finance_daily_schedule`).",
 )
 
 DELIVERY_BATCH = 5000

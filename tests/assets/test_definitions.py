@@ -30,8 +30,12 @@ JOBS = {
     "nightly_chain_job",
     "deliver_documents_job",
     "night_ledger_job",
+    "finance_daily_job",
 }
-SCHEDULES = {"night_ledger_schedule": "night_ledger_job"}
+SCHEDULES = {
+    "night_ledger_schedule": "night_ledger_job",
+    "finance_daily_schedule": "finance_daily_job",
+}
 SENSORS = {
     "deliver_due_documents": {"deliver_documents_job"},
     # The catch-up sensor launches the 00:00 step and AutoPay (test_schedules.py).
@@ -53,6 +57,9 @@ NOT_PER_PRACTICE = {
     "payment_reconciliations",
     # The ledger reads every practice's steps at once; its check names the late ones.
     "night_ledger",
+    # Finance's figures are read for all the run's practices and nights at once, and written
+    # in one transaction per run; a night computed again replaces its rows.
+    "finance_daily",
 }
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, and_, func, select, update
 from billing_pipeline.assets.autopay import autopay_attempts
 from billing_pipeline.assets.chain import AT_MIDNIGHT, chain_through
 from billing_pipeline.assets.delivery import delivery_queue
+from billing_pipeline.assets.finance import finance_daily
 from billing_pipeline.checks import expectations
 from billing_pipeline.checks.suites import (
     EXPECTATION_CHECKS,
@@ -40,10 +41,10 @@ def run(
 ) -> dg.ExecuteInProcessResult:
     # A run of checks alone has no partitions definition of its own: it gets the night's tag,
     # as a run of the job would.
-    assets_too = bool(selection.resolve([*CHAIN]))
+    assets_too = bool(selection.resolve([*CHAIN, finance_daily]))
     with dg.instance_for_test() as instance:
         return dg.materialize(
-            [*CHAIN, *EXPECTATION_CHECKS],
+            [*CHAIN, finance_daily, *EXPECTATION_CHECKS],
             selection=selection,
             partition_key=night.isoformat() if assets_too else None,
             tags=None if assets_too else {"dagster/partition": night.isoformat()},
@@ -74,8 +75,22 @@ ONLY_CHECKS = dg.AssetSelection.checks(*EXPECTATION_CHECKS)
 def night_made(engine: Engine, localstripe: LocalStripe) -> tuple[Engine, Payments]:
     payments = Payments(api_key="sk_test_x", api_base=localstripe.url)
     load_scenario(CONTRACT / "scenarios" / "daily_autopay.json", engine, payments)
-    done = run(engine, payments, NOV2, dg.AssetSelection.assets(*CHAIN) | ONLY_CHECKS)
+    done = run(
+        engine, payments, NOV2, dg.AssetSelection.assets(*CHAIN, finance_daily) | ONLY_CHECKS
+    )
     assert done.success
+    # Finance's figures of the night are stored (on PostgreSQL, as the service role under the
+    # practice isolation of migration 0008).
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(m.FinanceDaily.bills, m.FinanceDaily.bills_cents).where(
+                m.FinanceDaily.night == NOV2
+            )
+        ).all()
+        made = conn.execute(
+            select(func.count(), func.sum(m.Bill.amount_cents)).where(m.Bill.night == NOV2)
+        ).one()
+    assert [tuple(r) for r in stored] == [tuple(made)]
     evaluations = checks_of(done)
     assert set(evaluations) == CHECK_NAMES
     for name, evaluation in evaluations.items():
