@@ -147,6 +147,15 @@ def smtp_settings() -> SmtpSettings:
     )
 
 
+ALERT_EMAIL_ENV = "BILLING_ALERT_EMAIL"
+
+
+def alert_email() -> str:
+    """Where the alerts of failed runs go by email (staff or on-call, never a client):
+    BILLING_ALERT_EMAIL; empty: alerts are recorded and logged only."""
+    return os.environ.get(ALERT_EMAIL_ENV, "").strip()
+
+
 HORIZON_ENV = "BILLING_CATCHUP_HORIZON_NIGHTS"
 MAX_TRIES_ENV = "BILLING_STEP_MAX_TRIES"
 RETRY_BACKOFF_ENV = "BILLING_STEP_RETRY_BACKOFF_MINUTES"

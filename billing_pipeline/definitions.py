@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from billing_pipeline.alerts import alert_on_failed_runs
 from billing_pipeline.assets.chain import NIGHT_CHAIN
 from billing_pipeline.assets.finance import finance_daily
 from billing_pipeline.assets.ledger import night_ledger
@@ -40,7 +41,7 @@ defs = dg.Definitions(
         finance_daily_job,
     ],
     schedules=[night_ledger_schedule, finance_daily_schedule],
-    sensors=[launch_due_nights, deliver_due_documents],
+    sensors=[launch_due_nights, deliver_due_documents, alert_on_failed_runs],
     # Database-bound steps: every run executes in process, the jobs of jobs.py and the runs a
     # backfill launched from the UI alike (a process per step would add seconds each).
     executor=dg.in_process_executor,

@@ -41,6 +41,8 @@ SENSORS = {
     # The catch-up sensor launches the 00:00 step and AutoPay (test_schedules.py).
     "launch_due_nights": {"nightly_billing_job", "autopay_job"},
 }
+# Sensors that launch nothing: they watch runs (test_run_alerts.py).
+RUN_STATUS_SENSORS = {"alert_on_failed_runs"}
 # Not a night's step: the ledger of every practice's nights, read whole each time.
 NOT_NIGHTLY = {"night_ledger"}
 # Dagster binds a default `io_manager` to every job; the assets return nothing to store.
@@ -108,7 +110,7 @@ def test_the_jobs_schedules_and_sensor_are_defined() -> None:
     assert jobs - {"__ASSET_JOB"} == JOBS  # Dagster's implicit job of all assets aside
     repository = defs.get_repository_def()
     assert {s.name for s in repository.schedule_defs} == set(SCHEDULES)
-    assert {s.name for s in repository.sensor_defs} == set(SENSORS)
+    assert {s.name for s in repository.sensor_defs} == set(SENSORS) | RUN_STATUS_SENSORS
     for name, job in SCHEDULES.items():
         assert defs.resolve_schedule_def(name).job_name == job
     for name, jobs in SENSORS.items():
