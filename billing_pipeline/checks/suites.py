@@ -2,8 +2,8 @@
 them; db/frames.py reads the rows). Each failing expectation is named in the metadata with the
 ids of its rows, never a name or any other value.
 
-`bills_meet_expectations` is blocking: a bill whose total disagrees with its lines, a bill
-that is not positive, a session on two bills or a bill in an unknown state would be charged
+`bills_meet_expectations` is blocking: a bill whose total disagrees with its lines, a negative
+bill, a session on two bills or a bill in an unknown state would be charged
 by AutoPay, so AutoPay (downstream in the same run: `nightly_chain_job`, backfills, and
 `autopay_job`, which runs this check first) does not run for those nights.
 """
@@ -119,10 +119,10 @@ BILLS = [
         ),
     ),
     Expect(
-        "bill amount is positive",
+        "bill amount is not negative",
         "bills",
         "bill_id",
-        lambda gxe: gxe.ExpectColumnValuesToBeBetween(column="amount_cents", min_value=1),
+        lambda gxe: gxe.ExpectColumnValuesToBeBetween(column="amount_cents", min_value=0),
     ),
     Expect(
         "bill status is known",
@@ -150,8 +150,9 @@ BILL_PREFIX = {e.label: "bill-" for e in BILLS if e.frame == "bills"}
     asset=bills,
     blocking=True,
     description="Every bill of the night is right before anyone is charged for it: its amount "
-    "is the sum of its lines, above zero, each session is on one bill only, and its status is "
-    "open or paid. If not, AutoPay does not charge that night; the bills are named by id.",
+    "is the sum of its lines and not negative, each session is on one bill only, and its "
+    "status is open or paid. If not, AutoPay does not charge that night; the bills are named "
+    "by id.",
 )
 def bills_meet_expectations(
     context: dg.AssetCheckExecutionContext, db: BillingDatabase
@@ -165,6 +166,39 @@ def bills_meet_expectations(
         BILLS,
         BILL_PREFIX,
         dg.AssetCheckSeverity.ERROR,
+    )
+
+
+POSITIVE = [
+    Expect(
+        "bill amount is positive",
+        "bills",
+        "bill_id",
+        lambda gxe: gxe.ExpectColumnValuesToBeBetween(column="amount_cents", min_value=1),
+    ),
+]
+
+
+@dg.asset_check(
+    asset=bills,
+    blocking=False,
+    description="Every bill of the night is for more than $0.00. A $0.00 bill (a service whose "
+    "fee is 0, such as a free consultation) is made and shared but nothing is charged for it: "
+    "a warning, for staff to check the fee. The bills are named by id.",
+)
+def bills_are_positive(
+    context: dg.AssetCheckExecutionContext, db: BillingDatabase
+) -> dg.AssetCheckResult:
+    """Great Expectations on the night's bills: each above zero (WARN; not blocking, since a
+    $0.00 bill charges nobody)."""
+    return _run_suite(
+        context,
+        db,
+        "bills_positive",
+        {"bills": frames.bills_frame},
+        POSITIVE,
+        {e.label: "bill-" for e in POSITIVE},
+        dg.AssetCheckSeverity.WARN,
     )
 
 
@@ -336,6 +370,7 @@ def bill_delay_leaves_time_for_autopay(
 
 EXPECTATION_CHECKS = [
     bills_meet_expectations,
+    bills_are_positive,
     autopay_attempts_meet_expectations,
     delivery_queue_meets_expectations,
     bill_delay_leaves_time_for_autopay,

@@ -105,9 +105,7 @@ def test_each_suite_names_the_ids_of_a_corrupted_row_and_the_bills_suite_blocks_
     engine, payments = night_made
     with engine.begin() as conn:
         bill = conn.execute(select(func.min(m.Bill.id)).where(m.Bill.night == NOV2)).scalar_one()
-        conn.execute(
-            update(m.Bill).where(m.Bill.id == bill).values(amount_cents=m.Bill.amount_cents + 1)
-        )
+        conn.execute(update(m.Bill).where(m.Bill.id == bill).values(amount_cents=0))
         attempt = conn.execute(
             select(func.min(m.AutopayAttempt.id)).where(m.AutopayAttempt.night == NOV2)
         ).scalar_one()
@@ -154,6 +152,9 @@ def test_each_suite_names_the_ids_of_a_corrupted_row_and_the_bills_suite_blocks_
     bills = evaluations["bills_meet_expectations"]
     assert not bills.passed and bills.severity == dg.AssetCheckSeverity.ERROR
     assert failing(bills) == {"bill amount equals the sum of its lines": [f"bill-{bill}"]}
+    positive = evaluations["bills_are_positive"]
+    assert not positive.passed and positive.severity == dg.AssetCheckSeverity.WARN
+    assert failing(positive) == {"bill amount is positive": [f"bill-{bill}"]}
     attempts = evaluations["autopay_attempts_meet_expectations"]
     assert not attempts.passed
     assert failing(attempts) == {
