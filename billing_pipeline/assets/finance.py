@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from billing_pipeline.assets.common import run_accounts, run_nights
+from billing_pipeline.assets.common import FINANCE, run_accounts, run_nights
 from billing_pipeline.assets.delivery import delivery_queue
 from billing_pipeline.db.finance import FIGURES, finance_inputs, replace_finance_rows
 from billing_pipeline.domain.money import dollars
@@ -41,6 +41,13 @@ FINANCE_SCHEMA = dg.TableSchema(
         ),
     ]
 )
+# The stored table: the figures and when they were computed.
+TABLE_SCHEMA = dg.TableSchema(
+    columns=[
+        *FINANCE_SCHEMA.columns,
+        dg.TableColumn("computed_at", "timestamp (UTC)", description="When they were computed."),
+    ]
+)
 OPEN_BALANCE_NEVER_NEGATIVE = "open_balance_never_negative"
 
 
@@ -50,9 +57,9 @@ OPEN_BALANCE_NEVER_NEGATIVE = "open_balance_never_negative"
     deps=[delivery_queue],
     group_name="finance",
     kinds={"pandas", "postgres"},
-    owners=["team:finance"],
+    owners=[FINANCE],
     tags={"domain": "finance"},
-    metadata={"dagster/column_schema": FINANCE_SCHEMA},
+    metadata={"dagster/column_schema": TABLE_SCHEMA, "table": "finance_daily"},
     check_specs=[
         dg.AssetCheckSpec(
             OPEN_BALANCE_NEVER_NEGATIVE,
