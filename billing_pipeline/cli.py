@@ -28,6 +28,16 @@ class BadInput(click.ClickException):
 
 
 def _engine() -> Engine:
+    """The configured billing database, which must have been set up (`scenario load` or `db
+    upgrade`): an empty one is refused, naming it, and nothing is created."""
+    from billing_pipeline.config import database_url
+    from billing_pipeline.db.engine import set_up_engine
+
+    return set_up_engine(database_url())
+
+
+def _new_engine() -> Engine:
+    """The configured billing database, created and migrated if need be (`scenario load`)."""
     from billing_pipeline.config import database_url
     from billing_pipeline.db.engine import get_engine, upgrade
 
@@ -127,7 +137,7 @@ def scenario_load(path: Path) -> None:
     from billing_pipeline.scenario.read import ScenarioError
 
     try:
-        summary = load_scenario(path, _engine(), _payments())
+        summary = load_scenario(path, _new_engine(), _payments())
     except ScenarioError as err:
         raise BadInput(f"{path}: {err}") from None
     except PaymentsNotConfigured as err:
