@@ -71,3 +71,20 @@ def test_kinds_owners_groups_and_tags_say_what_each_asset_is() -> None:
     assert found["finance_daily"].group_name == "finance"
     assert "team:finance" in found["payment_reconciliations"].owners
     assert found["bills"].group_name == "billing"
+
+
+def test_finance_daily_runs_at_18_utc_for_yesterdays_service_date() -> None:
+    from datetime import UTC, datetime
+
+    from billing_pipeline.schedules import finance_daily_schedule
+
+    assert finance_daily_schedule.cron_schedule == "0 18 * * *"
+    assert finance_daily_schedule.execution_timezone == "UTC"
+    assert finance_daily_schedule.job_name == "finance_daily_job"
+    context = dg.build_schedule_context(
+        scheduled_execution_time=datetime(2026, 11, 4, 18, tzinfo=UTC)
+    )
+    request = finance_daily_schedule(context)
+    assert isinstance(request, dg.RunRequest)
+    assert request.partition_key == "2026-11-03"
+    assert request.run_key == "finance_daily:2026-11-03"
