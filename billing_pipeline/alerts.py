@@ -64,8 +64,16 @@ def alert_on_failed_runs(
     to = alert_email()
     emailing = bool(to) and notifier.email_configured()
     status = "pending" if emailing else "not_configured"
-    new = db.transact(lambda conn: record_alert(conn, alert, datetime.now(UTC), status))
     context.log.error(f"run alert: {alert.message}")
+    try:
+        new = db.transact(lambda conn: record_alert(conn, alert, datetime.now(UTC), status))
+    except Exception as exc:
+        # The billing database may be what failed the run: the alert still goes by email
+        # (by type only: a database error's text could quote a row).
+        context.log.error(f"run alert not recorded in run_alerts ({type(exc).__name__})")
+        new, recorded = True, False
+    else:
+        recorded = True
     if not (new and emailing):
         return
     try:
@@ -82,4 +90,5 @@ def alert_on_failed_runs(
     except EmailNotSent as exc:
         context.log.warning(f"run alert email not sent: {exc}")
         status = "failed"
-    db.transact(lambda conn: set_email_status(conn, alert.run_id, status))
+    if recorded:
+        db.transact(lambda conn: set_email_status(conn, alert.run_id, status))

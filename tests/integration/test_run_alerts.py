@@ -101,3 +101,31 @@ def test_without_an_alert_address_the_alert_is_recorded_and_not_emailed(
     assert alert["email_status"] == "not_configured"
     assert alert["account_ids"] == ""
     assert "every practice" in alert["message"]
+
+
+def test_when_the_billing_database_is_what_failed_the_alert_still_goes_by_email(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = f"sqlite:///{tmp_path / 'never_migrated.db'}"
+    monkeypatch.setenv("BILLING_DATABASE_URL", broken)
+    monkeypatch.setenv("BILLING_ALERT_EMAIL", "oncall@practice.example")
+    with dg.instance_for_test() as instance:
+        failed = defs.resolve_job_def("finance_daily_job").execute_in_process(
+            instance=instance, partition_key="2026-11-05", raise_on_error=False
+        )
+        run = instance.get_run_by_id(failed.run_id)
+        assert run is not None
+        with SmtpSink(tmp_path / "emails") as sink:
+            context = dg.build_run_status_sensor_context(
+                sensor_name="alert_on_failed_runs",
+                dagster_event=failed.get_run_failure_event(),
+                dagster_instance=instance,
+                dagster_run=run,
+                resources={
+                    "db": BillingDatabase(url=broken),
+                    "notifier": Notifier(smtp_host="127.0.0.1", smtp_port=sink.port),
+                },
+            ).for_run_failure()
+            alert_on_failed_runs(context)
+        [email] = (tmp_path / "emails").glob("*.eml")
+    assert failed.run_id in email.read_text()
