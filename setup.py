@@ -42,6 +42,10 @@ setup(
         "jinja2>=3.1.4,<4",
         # The UI's login proxy (billing_pipeline/ui_proxy.py).
         "aiohttp>=3.9,<4",
+        # Data checks: Great Expectations 1.x suites on pandas DataFrames inside asset checks
+        # (checks/expectations.py). Not dagster-ge: it needs GX < 1 and pandas < 3 (DESIGN.md).
+        "great-expectations==1.24.1",
+        "pandas>=2.2,<4",
     ],
     extras_require={
         # A local Stripe for the demo and the tests (never in production): scripts/setup.sh

@@ -28,6 +28,16 @@ class BadInput(click.ClickException):
 
 
 def _engine() -> Engine:
+    """The configured billing database, which must have been set up (`scenario load` or `db
+    upgrade`): an empty one is refused, naming it, and nothing is created."""
+    from billing_pipeline.config import database_url
+    from billing_pipeline.db.engine import set_up_engine
+
+    return set_up_engine(database_url())
+
+
+def _new_engine() -> Engine:
+    """The configured billing database, created and migrated if need be (`scenario load`)."""
     from billing_pipeline.config import database_url
     from billing_pipeline.db.engine import get_engine, upgrade
 
@@ -127,7 +137,7 @@ def scenario_load(path: Path) -> None:
     from billing_pipeline.scenario.read import ScenarioError
 
     try:
-        summary = load_scenario(path, _engine(), _payments())
+        summary = load_scenario(path, _new_engine(), _payments())
     except ScenarioError as err:
         raise BadInput(f"{path}: {err}") from None
     except PaymentsNotConfigured as err:
@@ -199,6 +209,57 @@ def report_cmd(as_json: bool) -> None:
         return
     for key, items in report.items():
         click.echo(f"{key}: {len(items)}")
+
+
+@main.group()
+def finance() -> None:
+    """Finance's figures per practice and night (the `finance_daily` table)."""
+
+
+@finance.command("export")
+@click.option("--month", required=True, help="The month of the service dates (YYYY-MM).")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV (integer cents).")
+def finance_export(month: str, as_csv: bool) -> None:
+    """Print finance_daily's rows of MONTH: per night and practice, bills made and their
+    total, collected by AutoPay, declined, requires action, open balance, documents shared.
+    Amounts are integer cents in CSV, dollars otherwise."""
+    import calendar
+    import csv
+    import re
+
+    from billing_pipeline.db import audit
+    from billing_pipeline.db.finance import COLUMNS, finance_month
+    from billing_pipeline.domain.money import dollars
+
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
+        raise BadInput(f"--month {month[:20]!r} is not a month (YYYY-MM)")
+    year, number = int(month[:4]), int(month[5:])
+    first = date(year, number, 1)
+    last = date(year, number, calendar.monthrange(year, number)[1])
+    engine = _engine()
+    with engine.connect() as conn:
+        rows = finance_month(conn, first, last).to_dict("records")
+    # A read of the practices' figures (no client ids in them): recorded, and committed,
+    # before anything is shown, as `report` does.
+    audit.record(engine, "finance_export", [], f"shown: {month}, {len(rows)} row(s)")
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for row in rows:
+            writer.writerow([str(row[k])[:10] if k == "night" else row[k] for k in COLUMNS])
+        return
+    for row in rows:
+        click.echo(
+            f"{row['night']} {row['account_id']}: {row['bills']} bill(s) for "
+            f"{dollars(int(row['bills_cents']))}; AutoPay collected "
+            f"{dollars(int(row['collected_cents']))} in {row['charges_succeeded']} charge(s), "
+            f"{row['charges_declined']} declined ({dollars(int(row['declined_cents']))}), "
+            f"{row['charges_requires_action']} need the client's action; open "
+            f"{dollars(int(row['open_balance_cents']))}; {row['documents_shared']} document(s) "
+            "shared"
+        )
+    if not rows:
+        click.echo(f"no figures for {month}: materialise finance_daily for its nights first")
 
 
 @main.command("explain")

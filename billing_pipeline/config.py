@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -35,7 +36,10 @@ def data_dir() -> Path:
 
 
 def default_database_url() -> str:
-    return f"sqlite:///{data_dir() / 'billing.db'}"
+    """The embedded SQLite file in the data folder. Naming it creates nothing: only the
+    commands that set a database up (`scenario load`, `db upgrade`) make the file."""
+    folder = Path(os.environ.get("BILLING_DATA_DIR") or project_root() / "data")
+    return f"sqlite:///{folder / 'billing.db'}"
 
 
 def normalize_database_url(url: str) -> str:
@@ -56,10 +60,14 @@ def database_url() -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, for messages."""
+    """The URL with its password masked (`***`), for messages; also a URL that does not parse
+    (a URL is configuration, not PHI: people need to see what they set)."""
     from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # unparsable: mask whatever stands between `user:` and `@`
+        return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", url)
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,15 @@ def smtp_settings() -> SmtpSettings:
         sender=os.environ.get("BILLING_SMTP_FROM", "").strip() or "billing@localhost",
         timeout_seconds=seconds_setting("BILLING_SMTP_TIMEOUT_SECONDS", 10.0),
     )
+
+
+ALERT_EMAIL_ENV = "BILLING_ALERT_EMAIL"
+
+
+def alert_email() -> str:
+    """Where the alerts of failed runs go by email (staff or on-call, never a client):
+    BILLING_ALERT_EMAIL; empty: alerts are recorded and logged only."""
+    return os.environ.get(ALERT_EMAIL_ENV, "").strip()
 
 
 HORIZON_ENV = "BILLING_CATCHUP_HORIZON_NIGHTS"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, case, func, select
 
 from billing_pipeline.config import data_dir
 from billing_pipeline.domain.money import dollars
@@ -229,24 +230,38 @@ def demo_scenario(first: date, last: date) -> dict[str, Any]:
     }
 
 
-def _summary(engine: Engine) -> list[str]:
+def summary_lines(engine: Engine) -> list[str]:
+    """The demo's closing summary: bills, the open balance, AutoPay, documents, flags, the
+    same per practice, and the warnings `report` contains. Ids and amounts only."""
     from billing_pipeline.db import models as m
+    from billing_pipeline.db.report import report_warnings
 
     with engine.connect() as conn:
-        n_bills, billed = conn.execute(
-            select(func.count(), func.coalesce(func.sum(m.Bill.amount_cents), 0)).select_from(
-                m.Bill
+        bills = conn.execute(
+            select(
+                m.Bill.account_id,
+                func.count(),
+                func.coalesce(func.sum(m.Bill.amount_cents), 0),
+                func.coalesce(func.sum(case((m.Bill.status == "paid", 1), else_=0)), 0),
+                func.coalesce(
+                    func.sum(case((m.Bill.status == "open", m.Bill.amount_cents), else_=0)), 0
+                ),
+            ).group_by(m.Bill.account_id)
+        ).all()
+        per_bills = {r[0]: (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in bills}
+        outcomes = conn.execute(
+            select(m.AutopayAttempt.account_id, m.AutopayAttempt.status, func.count()).group_by(
+                m.AutopayAttempt.account_id, m.AutopayAttempt.status
             )
-        ).one()
-        paid = conn.execute(select(func.count()).where(m.Bill.status == "paid")).scalar_one()
-        outcomes = dict(
+        ).all()
+        collected = dict(
             conn.execute(
-                select(m.AutopayAttempt.status, func.count()).group_by(m.AutopayAttempt.status)
+                select(m.Payment.account_id, func.sum(m.Payment.amount_cents)).group_by(
+                    m.Payment.account_id
+                )
             ).all()
         )
-        collected = conn.execute(
-            select(func.coalesce(func.sum(m.Payment.amount_cents), 0))
-        ).scalar_one()
+        accounts = list(conn.execute(select(m.Account.id).order_by(m.Account.id)).scalars())
         superbills = conn.execute(select(func.count()).select_from(m.Superbill)).scalar_one()
         statements = conn.execute(select(func.count()).select_from(m.Statement)).scalar_one()
         shared = conn.execute(
@@ -256,13 +271,56 @@ def _summary(engine: Engine) -> list[str]:
             select(func.count()).where(m.Delivery.delivered_at.is_(None))
         ).scalar_one()
         flags = conn.execute(select(func.count()).select_from(m.CheckFlag)).scalar_one()
-    charges = ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "none"
-    return [
+        warnings = report_warnings(conn)
+
+    def charges(rows: list[tuple[str, int]]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(rows)) or "none"
+
+    n_bills = sum(b[0] for b in per_bills.values())
+    billed = sum(b[1] for b in per_bills.values())
+    paid = sum(b[2] for b in per_bills.values())
+    open_cents = sum(b[3] for b in per_bills.values())
+    all_outcomes: dict[str, int] = {}
+    for _, status, n in outcomes:
+        all_outcomes[status] = all_outcomes.get(status, 0) + int(n)
+    lines = [
         f"Bills:       {n_bills} for {dollars(billed)} ({paid} paid, {n_bills - paid} open)",
-        f"AutoPay:     {charges}; collected {dollars(collected)}",
+        f"Open:        {dollars(open_cents)} still owed on open bills",
+        f"AutoPay:     {charges(list(all_outcomes.items()))}; collected "
+        f"{dollars(sum(int(v) for v in collected.values()))}",
         f"Documents:   {superbills} superbills, {statements} statements",
         f"Deliveries:  {shared} shared, {waiting} still scheduled",
         f"Flags:       {flags} imported sessions without CPT codes for staff to bill",
+        "Per practice:",
+    ]
+    for account in accounts:
+        n, amount, n_paid, open_part = per_bills.get(account, (0, 0, 0, 0))
+        mine = [(str(status), int(k)) for a, status, k in outcomes if a == account]
+        lines.append(
+            f"  {account}: {n} bills for {dollars(amount)} ({n_paid} paid), open "
+            f"{dollars(open_part)}; AutoPay {charges(mine)}, collected "
+            f"{dollars(int(collected.get(account, 0)))}"
+        )
+    lines.append(f"Warnings:    {len(warnings)} (as in `billing-pipeline report`)")
+    lines.extend(f"  {w['code']} ({w['client_id']}): {w['message']}" for w in warnings)
+    return lines
+
+
+def closing_hints(root: Path, home: Path, db_url: str) -> list[str]:
+    """What to run next, as commands one can paste whole (no placeholder in them)."""
+    data = f"BILLING_DATA_DIR={shlex.quote(str(home.parent.parent))}"
+    cd = f"cd {shlex.quote(str(root))}"
+    return [
+        "To see the runs, their metadata and the asset lineage in the Dagster UI, with the "
+        "daemon and this demo's local Stripe (then open http://127.0.0.1:3000/runs; Ctrl-C "
+        "stops them):",
+        f"  {cd} && {data} .venv/bin/billing-pipeline ui",
+        "Explain a client:",
+        f"  {cd} && BILLING_DATABASE_URL={shlex.quote(db_url)} .venv/bin/billing-pipeline "
+        "explain cl-blake",
+        "Everything the automation produced:",
+        f"  {cd} && BILLING_DATABASE_URL={shlex.quote(db_url)} .venv/bin/billing-pipeline "
+        "report --json",
     ]
 
 
@@ -324,7 +382,7 @@ def run_demo(fresh: bool = True) -> int:
                 if not result.success:
                     click.echo(f"night {night} failed: runs {result.failed}", err=True)
                     return 1
-    for line in _summary(engine):
+    for line in summary_lines(engine):
         click.echo("  " + line)
     # The simulation shares without rendering (nobody reads it as it runs): the PDFs are
     # rendered now, each as it was shared, and kept in the database once per content too.
@@ -336,12 +394,7 @@ def run_demo(fresh: bool = True) -> int:
     click.echo(f"  Emails:      {n_emails} notification emails (.eml) in {emails}")
     dispose_engines()
     root = Path(__file__).resolve().parents[1]
-    click.echo(
-        f"\n{runs} Dagster runs in {time.monotonic() - started:.0f} s. To see them, their "
-        "metadata and the asset lineage in the Dagster UI:\n"
-        f"  cd {root} && DAGSTER_HOME={home} BILLING_DATABASE_URL={db_url} \\\n"
-        "    .venv/bin/dagster-webserver -w workspace.yaml -p 3000   # then open "
-        "http://127.0.0.1:3000/runs\n"
-        "Explain a client:  BILLING_DATABASE_URL=... .venv/bin/billing-pipeline explain cl-blake"
-    )
+    click.echo(f"\n{runs} Dagster runs in {time.monotonic() - started:.0f} s.")
+    for line in closing_hints(root, home, db_url):
+        click.echo(line)
     return 0

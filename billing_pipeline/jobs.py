@@ -10,8 +10,10 @@ import dagster as dg
 from sqlalchemy import Connection, select
 
 from billing_pipeline.assets.chain import AT_AUTOPAY, AT_MIDNIGHT, NIGHT_CHAIN
+from billing_pipeline.assets.finance import finance_daily
 from billing_pipeline.assets.ledger import night_ledger
 from billing_pipeline.checks.freshness import FRESHNESS_CHECKS
+from billing_pipeline.checks.suites import bills_meet_expectations
 from billing_pipeline.db import models as m
 from billing_pipeline.db.deliveries import (
     DueDelivery,
@@ -42,10 +44,14 @@ nightly_billing_job = dg.define_asset_job(
 
 autopay_job = dg.define_asset_job(
     "autopay_job",
-    selection=dg.AssetSelection.assets(*AT_AUTOPAY) - FRESHNESS,
+    # The bills' blocking suite runs first in the same run: a night whose bills disagree
+    # with their lines is not charged.
+    selection=(dg.AssetSelection.assets(*AT_AUTOPAY) - FRESHNESS)
+    | dg.AssetSelection.checks(bills_meet_expectations),
     executor_def=dg.in_process_executor,
-    description="00:30 in each practice's zone: AutoPay, then release the night's deliveries "
-    "and compare Stripe's charges with our payments for finance.",
+    description="00:30 in each practice's zone: the bills' expectations (blocking), AutoPay, "
+    "then release the night's deliveries and compare Stripe's charges with our payments for "
+    "finance.",
 )
 
 nightly_chain_job = dg.define_asset_job(
@@ -64,6 +70,15 @@ night_ledger_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
     description="The ledger of every practice's night steps and its check, and whether each "
     "practice's newest night billed and charged is last night (newest_night_is_recent).",
+)
+
+finance_daily_job = dg.define_asset_job(
+    "finance_daily_job",
+    selection=[finance_daily],
+    executor_def=dg.in_process_executor,
+    description="Finance's figures of a night per practice (bills, AutoPay collected, declined "
+    "and needing action, open balance, documents shared), once every practice's night and its "
+    "deliveries are done (`finance_daily_schedule`).",
 )
 
 DELIVERY_BATCH = 5000

@@ -14,7 +14,7 @@ on its own.
 import hashlib
 import json
 import warnings
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 import dagster as dg
@@ -26,6 +26,7 @@ from billing_pipeline.domain.schedule import Step, to_launch
 from billing_pipeline.jobs import (
     autopay_job,
     deliver_documents_job,
+    finance_daily_job,
     night_ledger_job,
     nightly_billing_job,
 )
@@ -170,3 +171,20 @@ def deliver_due_documents(
         return dg.SkipReason("nothing is due")
     first = due[0].scheduled_at if due else again[0].delivery.scheduled_at
     return dg.RunRequest(tags={"billing/first_due": first.isoformat(), DATABASE_TAG: database})
+
+
+@dg.schedule(
+    job=finance_daily_job,
+    cron_schedule="0 18 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every day at 18:00 UTC, finance's figures of yesterday's service date: by "
+    "then every practice's night has run in its own timezone (bills at 00:00 local, AutoPay at "
+    "00:30 local, at most 12:30 UTC at UTC-12) and the bills AutoPay waited for are shared. "
+    "Running a night again replaces its rows.",
+)
+def finance_daily_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """Yesterday's service date's finance figures."""
+    scheduled = context.scheduled_execution_time or datetime.now(UTC)
+    night = (scheduled.astimezone(UTC).date() - timedelta(days=1)).isoformat()
+    return dg.RunRequest(run_key=f"finance_daily:{night}", partition_key=night)

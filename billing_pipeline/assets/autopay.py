@@ -9,6 +9,8 @@ from pydantic import Field
 
 from billing_pipeline.assets.billing import bills
 from billing_pipeline.assets.common import (
+    BILLING_OPS,
+    FINANCE,
     for_each_night,
     for_each_practice_night,
     nightly_asset,
@@ -20,6 +22,7 @@ from billing_pipeline.assets.common import (
 )
 from billing_pipeline.checks.guard import autopay_nights_look_usual, autopay_nights_look_usual_spec
 from billing_pipeline.checks.invariants import no_bill_paid_twice
+from billing_pipeline.db import models as m
 from billing_pipeline.db.owners import ClaimOwner, OwnerProbe
 from billing_pipeline.domain.practice import AccountView
 from billing_pipeline.domain.schedule import Step
@@ -63,6 +66,10 @@ def run_ended(instance: dg.DagsterInstance) -> Callable[[str], bool]:
 
 
 @nightly_asset(
+    table=m.AutopayAttempt,
+    kinds={"postgres", "stripe"},
+    owners=[BILLING_OPS, FINANCE],
+    domain="payments",
     deps=[bills],
     check_specs=[
         dg.AssetCheckSpec(
@@ -155,6 +162,10 @@ def autopay_attempts(
 
 
 @nightly_asset(
+    table=m.Statement,
+    kinds={"postgres", "pdf"},
+    owners=[BILLING_OPS],
+    domain="billing",
     deps=[
         bills,
         dg.AssetDep(

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from billing_pipeline.assets.common import (
+    BILLING_OPS,
     for_each_night,
     nightly_asset,
     practice_check,
@@ -11,6 +12,7 @@ from billing_pipeline.assets.common import (
 )
 from billing_pipeline.assets.sessions import eligible_sessions, resolved_settings
 from billing_pipeline.checks.invariants import bill_totals_match_lines
+from billing_pipeline.db import models as m
 from billing_pipeline.domain.schedule import Step
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
@@ -18,6 +20,10 @@ from billing_pipeline.services.nightly import create_bills, create_superbills
 
 
 @nightly_asset(
+    table=m.Bill,
+    kinds={"postgres", "pdf"},
+    owners=[BILLING_OPS],
+    domain="billing",
     deps=[eligible_sessions, resolved_settings],
     check_specs=[
         dg.AssetCheckSpec(
@@ -60,7 +66,14 @@ def bills(
     )
 
 
-@nightly_asset(deps=[resolved_settings], check_specs=[practice_check_spec("superbills")])
+@nightly_asset(
+    table=m.Superbill,
+    kinds={"postgres", "pdf"},
+    owners=[BILLING_OPS],
+    domain="billing",
+    deps=[resolved_settings],
+    check_specs=[practice_check_spec("superbills")],
+)
 def superbills(
     context: dg.AssetExecutionContext, db: BillingDatabase, clock: Clock
 ) -> dg.MaterializeResult:

@@ -12,6 +12,7 @@ import dagster as dg
 from sqlalchemy import Connection
 
 from billing_pipeline.db.catchup import note_failure
+from billing_pipeline.db.models import Base
 from billing_pipeline.db.store import list_accounts, load_practice
 from billing_pipeline.domain.money import dollars
 from billing_pipeline.domain.practice import AccountView, Practice
@@ -31,6 +32,10 @@ from billing_pipeline.resources.payments import Payments
 from billing_pipeline.services.nightly import NightFigures
 from billing_pipeline.testing import step_fault
 
+# Who answers for what, as the asset graph shows it.
+BILLING_OPS = "team:billing-ops"
+FINANCE = "team:finance"
+
 NightWork = Callable[[Connection, Practice, date, datetime], NightFigures]
 
 # `backfill_policy` is marked beta; we choose single-run backfills deliberately (README).
@@ -42,19 +47,75 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_p
 # (checks/freshness.py), read from the nights done, every 15 minutes.
 
 
+_SQL_TYPES = {
+    "VARCHAR": "string",
+    "TEXT": "string",
+    "INTEGER": "int",
+    "BIGINT": "int",
+    "BOOLEAN": "bool",
+    "DATE": "date",
+    "DATETIME": "timestamp (UTC)",
+    "BLOB": "bytes",
+}
+
+
+def _column_words(name: str) -> str:
+    """What a column holds, in finance's words, from the project's naming rules."""
+    if name.endswith("_cents"):
+        return "Money in integer cents."
+    if name.endswith("_at"):
+        return "An instant, in UTC."
+    if name == "night":
+        return "The service date (the night that made the row)."
+    if name == "account_id":
+        return "The practice."
+    if name == "client_id":
+        return "The client (an id: never a name)."
+    if name.endswith("_id") or name == "id":
+        return "An id."
+    return ""
+
+
+def column_schema(table: type[Base]) -> dg.TableSchema:
+    """The billing table an asset writes, as Dagster's column schema (names, types, keys)."""
+    columns = []
+    for column in table.__table__.columns:
+        type_name = getattr(column.type, "impl", column.type).__visit_name__.upper()
+        columns.append(
+            dg.TableColumn(
+                column.name,
+                _SQL_TYPES.get(type_name, type_name.lower()),
+                description=_column_words(column.name),
+                constraints=dg.TableColumnConstraints(
+                    nullable=bool(column.nullable), unique=bool(column.unique)
+                ),
+            )
+        )
+    return dg.TableSchema(columns=columns)
+
+
 def nightly_asset(
     *,
+    table: type[Base],
+    kinds: set[str],
+    owners: Sequence[str],
+    domain: str,
     deps: Sequence[dg.AssetsDefinition | dg.AssetDep] = (),
     check_specs: Sequence[dg.AssetCheckSpec] = (),
     retry_policy: dg.RetryPolicy | None = None,
 ) -> Callable[[Callable[..., dg.MaterializeResult]], dg.AssetsDefinition]:
     """A step of the night: partitioned by service date, in the billing group, one run for a
     backfill's whole range (each asset walks the nights in order), in the `billing_nightly`
-    pool."""
+    pool. `table` is the billing table it writes (its column schema is shown); `kinds`, `owners`
+    and the `domain` tag say what it touches (the billing database, Stripe, PDFs) and who answers
+    for it."""
     return dg.asset(
         partitions_def=service_dates,
         group_name="billing",
-        kinds={"sql"},
+        kinds=kinds,
+        owners=list(owners),
+        tags={"domain": domain},
+        metadata={"dagster/column_schema": column_schema(table), "table": table.__tablename__},
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool="billing_nightly",
         deps=list(deps),

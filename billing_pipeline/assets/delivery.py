@@ -5,6 +5,7 @@ import dagster as dg
 from billing_pipeline.assets.autopay import autopay_attempts, statements
 from billing_pipeline.assets.billing import superbills
 from billing_pipeline.assets.common import (
+    BILLING_OPS,
     for_each_night,
     nightly_asset,
     practice_check,
@@ -13,6 +14,7 @@ from billing_pipeline.assets.common import (
     summarize,
 )
 from billing_pipeline.checks.invariants import deliveries_never_early
+from billing_pipeline.db import models as m
 from billing_pipeline.domain.schedule import Step
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
@@ -20,6 +22,10 @@ from billing_pipeline.services.nightly import release_deliveries
 
 
 @nightly_asset(
+    table=m.Delivery,
+    kinds={"postgres", "pdf"},
+    owners=[BILLING_OPS],
+    domain="delivery",
     deps=[autopay_attempts, superbills, statements],
     check_specs=[
         dg.AssetCheckSpec(

@@ -7,6 +7,7 @@ from datetime import date
 
 import dagster as dg
 
+from billing_pipeline.assets.common import BILLING_OPS
 from billing_pipeline.config import catch_up_policy
 from billing_pipeline.domain.schedule import State, Step, StepState
 from billing_pipeline.partitions import ACCOUNTS_TAG, DATABASE_TAG
@@ -100,9 +101,30 @@ def ledger_check(states: list[StepState]) -> dg.AssetCheckResult:
     )
 
 
+# The ledger's rows (read from night_steps and night_step_tries, one per practice, night and
+# step).
+LEDGER_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("account_id", "string", description="The practice."),
+        dg.TableColumn("night", "date", description="The service date."),
+        dg.TableColumn("step", "string", description="bills (00:00) or autopay (00:30)."),
+        dg.TableColumn(
+            "state",
+            "string",
+            description="done, running, due, retry_wait, failed, missed or not_yet_due.",
+        ),
+        dg.TableColumn("tries", "int", description="Runs launched for the step."),
+        dg.TableColumn("last_error", "string", description="The last error's type or words."),
+    ]
+)
+
+
 @dg.asset(
     group_name="billing",
-    kinds={"sql"},
+    kinds={"postgres"},
+    owners=[BILLING_OPS],
+    tags={"domain": "operations"},
+    metadata={"dagster/column_schema": LEDGER_SCHEMA},
     check_specs=[
         dg.AssetCheckSpec(
             CHECK,

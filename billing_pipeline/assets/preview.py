@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import dagster as dg
 from pydantic import Field
 
-from billing_pipeline.assets.common import run_nights
+from billing_pipeline.assets.common import BILLING_OPS, FINANCE, run_nights
 from billing_pipeline.checks.guard import AUTOPAY_NIGHTS_LOOK_USUAL
 from billing_pipeline.db.store import list_accounts
 from billing_pipeline.partitions import service_dates
@@ -35,7 +35,9 @@ class NightPreviewConfig(dg.Config):
 @dg.asset(
     partitions_def=service_dates,
     group_name="preview",
-    kinds={"sql"},
+    kinds={"postgres"},
+    owners=[BILLING_OPS, FINANCE],
+    tags={"domain": "preview"},
     backfill_policy=dg.BackfillPolicy.single_run(),
     check_specs=[
         dg.AssetCheckSpec(

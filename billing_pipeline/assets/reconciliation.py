@@ -7,11 +7,13 @@ import dagster as dg
 
 from billing_pipeline.assets.autopay import autopay_attempts, run_ended
 from billing_pipeline.assets.common import (
+    FINANCE,
     nightly_asset,
     require_stripe,
     run_accounts,
     run_nights,
 )
+from billing_pipeline.db import models as m
 from billing_pipeline.db.owners import OwnerProbe
 from billing_pipeline.db.reconciliations import replace_reconciliations
 from billing_pipeline.resources.database import BillingDatabase
@@ -22,6 +24,10 @@ CHECK = "stripe_charges_match_payments"
 
 
 @nightly_asset(
+    table=m.PaymentReconciliation,
+    kinds={"postgres", "stripe"},
+    owners=[FINANCE],
+    domain="finance",
     deps=[autopay_attempts],
     check_specs=[
         dg.AssetCheckSpec(

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from billing_pipeline.assets.common import (
+    BILLING_OPS,
     for_each_night,
     nightly_asset,
     practice_check,
@@ -10,6 +11,7 @@ from billing_pipeline.assets.common import (
     summarize,
 )
 from billing_pipeline.checks.invariants import imported_sessions_have_cpt_codes
+from billing_pipeline.db import models as m
 from billing_pipeline.domain.schedule import Step
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
@@ -17,6 +19,10 @@ from billing_pipeline.services.nightly import record_eligible_sessions, record_r
 
 
 @nightly_asset(
+    table=m.EligibleSession,
+    kinds={"postgres"},
+    owners=[BILLING_OPS],
+    domain="sessions",
     check_specs=[
         dg.AssetCheckSpec(
             "imported_sessions_have_cpt_codes",
@@ -57,6 +63,10 @@ def eligible_sessions(
 
 
 @nightly_asset(
+    table=m.ResolvedSettings,
+    kinds={"postgres"},
+    owners=[BILLING_OPS],
+    domain="settings",
     deps=[eligible_sessions],
     check_specs=[practice_check_spec("resolved_settings")],
 )

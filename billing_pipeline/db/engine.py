@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -11,17 +12,18 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, make_url
-from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, ProgrammingError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from billing_pipeline.config import (
+    DATABASE_URL_ENV,
     DatabaseTimeouts,
     database_timeouts,
     normalize_database_url,
     redact_url,
 )
 from billing_pipeline.db.errors import translate_errors, unreachable
-from billing_pipeline.errors import SafeMessageError
+from billing_pipeline.errors import SafeMessageError, SettingError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _lock = threading.Lock()
@@ -106,13 +108,81 @@ def postgres_connect_args(url: str, timeouts: DatabaseTimeouts) -> dict[str, obj
     return args
 
 
+class BadDatabaseUrl(SettingError):
+    """The billing database URL cannot be used (it does not parse, or names a driver that is
+    not installed). The URL is shown with its password masked."""
+
+
 def get_engine(url: str) -> Engine:
     """One engine per URL per process, created on first use."""
     url = normalize_database_url(url)
     with _lock:
         if url not in _engines:
-            _engines[url] = make_engine(url)
+            try:
+                _engines[url] = make_engine(url)
+            except (ArgumentError, NoSuchModuleError) as exc:
+                raise BadDatabaseUrl(
+                    f"the billing database URL {redact_url(url)} cannot be used "
+                    f"({type(exc).__name__}: {_first_line(exc)}); set {DATABASE_URL_ENV} to "
+                    "a URL such as postgresql://user@host:5432/billing or "
+                    "sqlite:////path/to/billing.db"
+                ) from None
         return _engines[url]
+
+
+def _first_line(exc: BaseException) -> str:
+    # SQLAlchemy's own words about the URL's form or driver (never a row: nothing was read),
+    # without any copy of the URL it may quote.
+    text = str(exc).split("\n", 1)[0]
+    return text.split(" from given URL string", 1)[0][:200]
+
+
+class DatabaseNotSetUp(SafeMessageError):
+    """A command that reads the billing database was pointed at one that was never set up
+    (no such SQLite file, or no migration applied): refused, and nothing is created."""
+
+    exit_code = 2
+
+
+def set_up_engine(url: str) -> Engine:
+    """An engine on a billing database that has been set up, brought to the newest migration
+    if it is behind. A SQLite file that does not exist is not created, and a database with no
+    migration applied is not migrated: both are refused (DatabaseNotSetUp), naming the
+    database without its password and the commands that set one up."""
+    url = normalize_database_url(url)
+    hint = (
+        "set it up with `billing-pipeline scenario load FILE` (or `billing-pipeline db "
+        "upgrade`), or point "
+        f"{DATABASE_URL_ENV} at the billing database"
+        + ("" if os.environ.get(DATABASE_URL_ENV) else f" ({DATABASE_URL_ENV} is not set)")
+    )
+    parsed = make_url(url) if _parses(url) else None
+    if parsed is not None and parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database or ":memory:")
+        # Nothing there, and nothing in the way of making it: never set up. (A folder at the
+        # path, or a file where a folder should be, is said as the file that cannot be opened.)
+        if (
+            str(path) != ":memory:"
+            and not path.exists()
+            and not any(p.exists() and not p.is_dir() for p in path.parents)
+        ):
+            raise DatabaseNotSetUp(f"the billing database {redact_url(url)} does not exist: {hint}")
+    engine = get_engine(url)
+    if current_revision(engine) is None:
+        raise DatabaseNotSetUp(
+            f"the billing database {redact_url(url)} has not been set up (no migration "
+            f"applied): {hint}"
+        )
+    upgrade(engine)
+    return engine
+
+
+def _parses(url: str) -> bool:
+    try:
+        make_url(url)
+    except ArgumentError:
+        return False
+    return True
 
 
 def dispose_engines() -> None:

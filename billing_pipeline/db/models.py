@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import date, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Date,
@@ -601,3 +602,44 @@ class AuditLog(Base):
     outcome: Mapped[str] = mapped_column(String(200))
     prev_hash: Mapped[str] = mapped_column(String(64))
     row_hash: Mapped[str] = mapped_column(String(64))
+
+
+# --- Finance and failures (issue 11) ------------------------------------------------------------
+
+
+class FinanceDaily(Base):
+    """Finance's figures of a practice's night (the `finance_daily` asset): bills made, what
+    AutoPay collected and could not, the open balance after the night's AutoPay and the
+    documents shared. Integer cents; a night's rows are replaced when it is computed again."""
+
+    __tablename__ = "finance_daily"
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    night: Mapped[date] = mapped_column(Date, primary_key=True, index=True)
+    bills: Mapped[int] = mapped_column(Integer)
+    bills_cents: Mapped[int] = mapped_column(BigInteger)
+    collected_cents: Mapped[int] = mapped_column(BigInteger)
+    charges_succeeded: Mapped[int] = mapped_column(Integer)
+    charges_declined: Mapped[int] = mapped_column(Integer)
+    declined_cents: Mapped[int] = mapped_column(BigInteger)
+    charges_requires_action: Mapped[int] = mapped_column(Integer)
+    open_balance_cents: Mapped[int] = mapped_column(BigInteger)
+    documents_shared: Mapped[int] = mapped_column(Integer)
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RunAlert(Base):
+    """A Dagster run that failed, recorded by the run-failure sensor once per run: the job,
+    its partitions and the practice ids it covered, the steps that failed, and whether the
+    alert email went out. Ids only, never a client's data."""
+
+    __tablename__ = "run_alerts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    run_id: Mapped[str] = mapped_column(String(64), unique=True)
+    job_name: Mapped[str] = mapped_column(String(200))
+    partitions: Mapped[str] = mapped_column(String(100))
+    account_ids: Mapped[str] = mapped_column(Text)  # comma-separated; empty: every practice
+    failed_steps: Mapped[str] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(Text)
+    # `sent`, `failed` (SMTP refused or unreachable) or `not_configured` (no SMTP host).
+    email_status: Mapped[str] = mapped_column(String(16))

@@ -92,12 +92,14 @@ def build_report(conn: Connection) -> dict[str, Any]:
             {"check": r.check, "session_id": r.session_id}
             for r in conn.execute(select(m.CheckFlag.__table__).order_by(m.CheckFlag.id))
         ],
-        "warnings": _warnings(conn),
+        "warnings": report_warnings(conn),
     }
     return report
 
 
-def _warnings(conn: Connection) -> list[dict[str, Any]]:
+def report_warnings(conn: Connection) -> list[dict[str, Any]]:
+    """The report's `warnings`: settings that work against the client, deliveries waiting for
+    AutoPay, incomplete superbills and notification emails not sent (ids, never names)."""
     out: list[dict[str, Any]] = []
     for account in list_accounts(conn):
         practice = load_practice(conn, account.id)  # the settings with every change

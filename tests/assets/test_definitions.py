@@ -30,13 +30,19 @@ JOBS = {
     "nightly_chain_job",
     "deliver_documents_job",
     "night_ledger_job",
+    "finance_daily_job",
 }
-SCHEDULES = {"night_ledger_schedule": "night_ledger_job"}
+SCHEDULES = {
+    "night_ledger_schedule": "night_ledger_job",
+    "finance_daily_schedule": "finance_daily_job",
+}
 SENSORS = {
     "deliver_due_documents": {"deliver_documents_job"},
     # The catch-up sensor launches the 00:00 step and AutoPay (test_schedules.py).
     "launch_due_nights": {"nightly_billing_job", "autopay_job"},
 }
+# Sensors that launch nothing: they watch runs (test_run_alerts.py).
+RUN_STATUS_SENSORS = {"alert_on_failed_runs"}
 # Not a night's step: the ledger of every practice's nights, read whole each time.
 NOT_NIGHTLY = {"night_ledger"}
 # Dagster binds a default `io_manager` to every job; the assets return nothing to store.
@@ -53,6 +59,9 @@ NOT_PER_PRACTICE = {
     "payment_reconciliations",
     # The ledger reads every practice's steps at once; its check names the late ones.
     "night_ledger",
+    # Finance's figures are read for all the run's practices and nights at once, and written
+    # in one transaction per run; a night computed again replaces its rows.
+    "finance_daily",
 }
 
 
@@ -101,7 +110,7 @@ def test_the_jobs_schedules_and_sensor_are_defined() -> None:
     assert jobs - {"__ASSET_JOB"} == JOBS  # Dagster's implicit job of all assets aside
     repository = defs.get_repository_def()
     assert {s.name for s in repository.schedule_defs} == set(SCHEDULES)
-    assert {s.name for s in repository.sensor_defs} == set(SENSORS)
+    assert {s.name for s in repository.sensor_defs} == set(SENSORS) | RUN_STATUS_SENSORS
     for name, job in SCHEDULES.items():
         assert defs.resolve_schedule_def(name).job_name == job
     for name, jobs in SENSORS.items():

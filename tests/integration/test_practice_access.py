@@ -33,8 +33,9 @@ STAFF_A = "billing_pipeline_test_staff_a"  # a login of the cluster, made if mis
 APPLICATION_ROLES = (SERVICE_ROLE, STAFF_ROLE, STAFF_A)
 # Tables that hold no practice's rows: the migration's version, the audit log (ids only, one
 # chain for all practices; staff have no access to it) and the staff-to-practice mapping
-# (owner only).
-NOT_PRACTICE_TABLES = {"alembic_version", "audit_log", "practice_staff"}
+# (owner only), and the alerts of failed runs (job, run and practice ids, several practices per
+# row; staff have no access to them).
+NOT_PRACTICE_TABLES = {"alembic_version", "audit_log", "practice_staff", "run_alerts"}
 NOW = datetime(2026, 11, 1, 12, tzinfo=UTC)
 
 

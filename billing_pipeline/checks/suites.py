@@ -1,0 +1,377 @@
+"""The Great Expectations suites on a run's nights, as asset checks (checks/expectations.py runs
+them; db/frames.py reads the rows). Each failing expectation is named in the metadata with the
+ids of its rows, never a name or any other value.
+
+`bills_meet_expectations` is blocking: a bill whose total disagrees with its lines, a negative
+bill, a session on two bills or a bill in an unknown state would be charged
+by AutoPay, so AutoPay (downstream in the same run: `nightly_chain_job`, backfills, and
+`autopay_job`, which runs this check first) does not run for those nights.
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import date
+
+import dagster as dg
+import pandas as pd
+from sqlalchemy import Connection
+
+from billing_pipeline.assets.autopay import autopay_attempts
+from billing_pipeline.assets.billing import bills
+from billing_pipeline.assets.delivery import delivery_queue
+from billing_pipeline.assets.sessions import resolved_settings
+from billing_pipeline.checks.expectations import Expect, SuiteOutcome, validate
+from billing_pipeline.db import frames
+from billing_pipeline.partitions import ACCOUNTS_TAG, service_dates
+from billing_pipeline.resources.database import BillingDatabase
+
+SHOWN = 100  # ids listed per failing expectation; the count says how many in all
+BILL_STATUSES = ["open", "paid"]
+OUTCOMES = ["pending", "succeeded", "declined", "requires_action", "error"]
+DOCUMENT_KINDS = ["bill", "superbill", "statement"]
+RECIPIENTS = ["client", "billing_contact"]
+# The seed's advice: share bills at least an hour after they are made when AutoPay is on,
+# so that the client sees the bill already paid (AutoPay runs at 00:30).
+ADVISED_BILL_DELAY_MINUTES = 60
+
+_RANGE_START = "dagster/asset_partition_range_start"
+_RANGE_END = "dagster/asset_partition_range_end"
+_PARTITION = "dagster/partition"
+
+
+def check_nights(context: dg.AssetCheckExecutionContext) -> list[date]:
+    """The service dates of the check's run: its partition, or its backfill's range."""
+    tags = context.run.tags
+    keys: Sequence[str] = []
+    if _PARTITION in tags:
+        keys = [tags[_PARTITION]]
+    elif _RANGE_START in tags and _RANGE_END in tags:
+        keys = service_dates.get_partition_keys_in_range(
+            dg.PartitionKeyRange(tags[_RANGE_START], tags[_RANGE_END])
+        )
+    return sorted(date.fromisoformat(k) for k in keys)
+
+
+def check_accounts(context: dg.AssetCheckExecutionContext) -> list[str] | None:
+    """The practices the run covers (its tag), else None: all."""
+    tag = context.run.tags.get(ACCOUNTS_TAG)
+    return [a for a in tag.split(",") if a] if tag else None
+
+
+Reader = Callable[[Connection, Sequence[date], Sequence[str] | None], pd.DataFrame]
+
+
+def _run_suite(
+    context: dg.AssetCheckExecutionContext,
+    db: BillingDatabase,
+    suite: str,
+    readers: Mapping[str, Reader],
+    expects: Sequence[Expect],
+    prefix: Mapping[str, str],
+    severity: dg.AssetCheckSeverity,
+) -> dg.AssetCheckResult:
+    nights = check_nights(context)
+    accounts = check_accounts(context)
+    with db.engine.connect() as conn:
+        data = {name: read(conn, nights, accounts) for name, read in readers.items()}
+    outcome = validate(suite, data, expects)
+    return suite_result(outcome, nights, prefix, severity)
+
+
+def suite_result(
+    outcome: SuiteOutcome,
+    nights: Sequence[date],
+    prefix: Mapping[str, str],
+    severity: dg.AssetCheckSeverity,
+) -> dg.AssetCheckResult:
+    """The check's result: per failing expectation its row ids (`bill-7`, `attempt-3`, a
+    session or client id) and how many; the rows checked per frame and the nights."""
+    failing = {
+        label: [f"{prefix.get(label, '')}{i}" for i in ids[:SHOWN]]
+        for label, ids in outcome.failed.items()
+    }
+    metadata: dict[str, dg.MetadataValue] = {
+        "nights": dg.MetadataValue.text(
+            f"{nights[0]}..{nights[-1]}" if len(nights) > 1 else str(nights[0]) if nights else ""
+        ),
+        **{f"rows_{name}": dg.MetadataValue.int(n) for name, n in outcome.rows.items()},
+        "failing_ids": dg.MetadataValue.json(failing),
+        "failing_rows": dg.MetadataValue.int(sum(len(ids) for ids in outcome.failed.values())),
+    }
+    return dg.AssetCheckResult(
+        passed=outcome.passed,
+        severity=severity,
+        metadata=metadata,
+        description=(
+            "; ".join(f"{label}: {', '.join(ids)}" for label, ids in failing.items())
+            if failing
+            else "every row meets the expectations"
+        )[:1000],
+    )
+
+
+BILLS = [
+    Expect(
+        "bill amount equals the sum of its lines",
+        "bills",
+        "bill_id",
+        lambda gxe: gxe.ExpectColumnPairValuesToBeEqual(
+            column_A="amount_cents", column_B="lines_cents"
+        ),
+    ),
+    Expect(
+        "bill amount is not negative",
+        "bills",
+        "bill_id",
+        lambda gxe: gxe.ExpectColumnValuesToBeBetween(column="amount_cents", min_value=0),
+    ),
+    Expect(
+        "bill status is known",
+        "bills",
+        "bill_id",
+        lambda gxe: gxe.ExpectColumnValuesToBeInSet(column="status", value_set=BILL_STATUSES),
+    ),
+    Expect(
+        "bill status is set",
+        "bills",
+        "bill_id",
+        lambda gxe: gxe.ExpectColumnValuesToNotBeNull(column="status"),
+    ),
+    Expect(
+        "session is on one bill only",
+        "billed_sessions",
+        "session_id",
+        lambda gxe: gxe.ExpectColumnValuesToBeUnique(column="session_id"),
+    ),
+]
+BILL_PREFIX = {e.label: "bill-" for e in BILLS if e.frame == "bills"}
+
+
+@dg.asset_check(
+    asset=bills,
+    blocking=True,
+    description="Every bill of the night is right before anyone is charged for it: its amount "
+    "is the sum of its lines and not negative, each session is on one bill only, and its "
+    "status is open or paid. If not, AutoPay does not charge that night; the bills are named "
+    "by id.",
+)
+def bills_meet_expectations(
+    context: dg.AssetCheckExecutionContext, db: BillingDatabase
+) -> dg.AssetCheckResult:
+    """Great Expectations suite on the night's bills (blocking: AutoPay waits for it)."""
+    return _run_suite(
+        context,
+        db,
+        "bills",
+        {"bills": frames.bills_frame, "billed_sessions": frames.billed_sessions_frame},
+        BILLS,
+        BILL_PREFIX,
+        dg.AssetCheckSeverity.ERROR,
+    )
+
+
+POSITIVE = [
+    Expect(
+        "bill amount is positive",
+        "bills",
+        "bill_id",
+        lambda gxe: gxe.ExpectColumnValuesToBeBetween(column="amount_cents", min_value=1),
+    ),
+]
+
+
+@dg.asset_check(
+    asset=bills,
+    blocking=False,
+    description="Every bill of the night is for more than $0.00. A $0.00 bill (a service whose "
+    "fee is 0, such as a free consultation) is made and shared but nothing is charged for it: "
+    "a warning, for staff to check the fee. The bills are named by id.",
+)
+def bills_are_positive(
+    context: dg.AssetCheckExecutionContext, db: BillingDatabase
+) -> dg.AssetCheckResult:
+    """Great Expectations on the night's bills: each above zero (WARN; not blocking, since a
+    $0.00 bill charges nobody)."""
+    return _run_suite(
+        context,
+        db,
+        "bills_positive",
+        {"bills": frames.bills_frame},
+        POSITIVE,
+        {e.label: "bill-" for e in POSITIVE},
+        dg.AssetCheckSeverity.WARN,
+    )
+
+
+ATTEMPTS = [
+    Expect(
+        "amount is at most the open balance at the attempt",
+        "attempts",
+        "attempt_id",
+        lambda gxe: gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="open_balance_cents", column_B="amount_cents", or_equal=True
+        ),
+    ),
+    Expect(
+        "outcome is known",
+        "attempts",
+        "attempt_id",
+        lambda gxe: gxe.ExpectColumnValuesToBeInSet(column="outcome", value_set=OUTCOMES),
+    ),
+    Expect(
+        "outcome is set",
+        "attempts",
+        "attempt_id",
+        lambda gxe: gxe.ExpectColumnValuesToNotBeNull(column="outcome"),
+    ),
+    Expect(
+        "every decline has a decline code",
+        "declines",
+        "attempt_id",
+        lambda gxe: gxe.ExpectColumnValuesToNotBeNull(column="failure_code"),
+    ),
+]
+
+
+def _declines(
+    conn: Connection, nights: Sequence[date], accounts: Sequence[str] | None
+) -> pd.DataFrame:
+    attempts = frames.autopay_attempts_frame(conn, nights, accounts)
+    return attempts[attempts["outcome"] == "declined"]
+
+
+@dg.asset_check(
+    asset=autopay_attempts,
+    blocking=False,
+    description="No card was charged more than the client owed at that moment, every charge "
+    "ended in a known way (paid, declined, needs the client's authentication, or an error) "
+    "and every decline says why the bank declined it. Attempts are named by id.",
+)
+def autopay_attempts_meet_expectations(
+    context: dg.AssetCheckExecutionContext, db: BillingDatabase
+) -> dg.AssetCheckResult:
+    """Great Expectations suite on the night's AutoPay attempts."""
+    return _run_suite(
+        context,
+        db,
+        "autopay_attempts",
+        {"attempts": frames.autopay_attempts_frame, "declines": _declines},
+        ATTEMPTS,
+        {e.label: "attempt-" for e in ATTEMPTS},
+        dg.AssetCheckSeverity.ERROR,
+    )
+
+
+DELIVERIES = [
+    Expect(
+        "due at or after the document was made",
+        "deliveries",
+        "delivery_id",
+        lambda gxe: gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="scheduled_at", column_B="created_at", or_equal=True
+        ),
+    ),
+    Expect(
+        "the document exists",
+        "deliveries",
+        "delivery_id",
+        lambda gxe: gxe.ExpectColumnValuesToNotBeNull(column="created_at"),
+    ),
+    Expect(
+        "has a recipient",
+        "deliveries",
+        "delivery_id",
+        lambda gxe: gxe.ExpectColumnValuesToNotBeNull(column="recipient_id"),
+    ),
+    Expect(
+        "recipient id is not empty",
+        "deliveries",
+        "delivery_id",
+        lambda gxe: gxe.ExpectColumnValueLengthsToBeBetween(column="recipient_id", min_value=1),
+    ),
+    Expect(
+        "recipient is the client or the billing contact",
+        "deliveries",
+        "delivery_id",
+        lambda gxe: gxe.ExpectColumnValuesToBeInSet(column="recipient", value_set=RECIPIENTS),
+    ),
+    Expect(
+        "document kind is known",
+        "deliveries",
+        "delivery_id",
+        lambda gxe: gxe.ExpectColumnValuesToBeInSet(
+            column="document_type", value_set=DOCUMENT_KINDS
+        ),
+    ),
+]
+
+
+@dg.asset_check(
+    asset=delivery_queue,
+    blocking=False,
+    description="Every document waiting to be shared is due no earlier than it was made, goes "
+    "to someone (the client or their billing contact), and is a bill, a superbill or a "
+    "statement. Deliveries are named by id.",
+)
+def delivery_queue_meets_expectations(
+    context: dg.AssetCheckExecutionContext, db: BillingDatabase
+) -> dg.AssetCheckResult:
+    """Great Expectations suite on the night's delivery queue."""
+    return _run_suite(
+        context,
+        db,
+        "delivery_queue",
+        {"deliveries": frames.deliveries_frame},
+        DELIVERIES,
+        {e.label: "delivery-" for e in DELIVERIES},
+        dg.AssetCheckSeverity.ERROR,
+    )
+
+
+SETTINGS = [
+    Expect(
+        f"bill delay at least {ADVISED_BILL_DELAY_MINUTES} minutes with AutoPay on",
+        "autopay_on",
+        "client_id",
+        lambda gxe: gxe.ExpectColumnValuesToBeBetween(
+            column="bill_delay_minutes", min_value=ADVISED_BILL_DELAY_MINUTES
+        ),
+    ),
+]
+
+
+def _autopay_on(
+    conn: Connection, nights: Sequence[date], accounts: Sequence[str] | None
+) -> pd.DataFrame:
+    settings = frames.resolved_settings_frame(conn, nights, accounts)
+    return settings[settings["autopay_runs"].astype(bool)]
+
+
+@dg.asset_check(
+    asset=resolved_settings,
+    blocking=False,
+    description="Clients with AutoPay on have their bills shared at least an hour after they "
+    "are made, so they see the bill already paid (AutoPay runs at 00:30). A shorter delay is "
+    "a warning: the client may see an unpaid bill that is paid minutes later.",
+)
+def bill_delay_leaves_time_for_autopay(
+    context: dg.AssetCheckExecutionContext, db: BillingDatabase
+) -> dg.AssetCheckResult:
+    """Great Expectations suite on the night's resolved settings (WARN)."""
+    return _run_suite(
+        context,
+        db,
+        "resolved_settings",
+        {"autopay_on": _autopay_on},
+        SETTINGS,
+        {},
+        dg.AssetCheckSeverity.WARN,
+    )
+
+
+EXPECTATION_CHECKS = [
+    bills_meet_expectations,
+    bills_are_positive,
+    autopay_attempts_meet_expectations,
+    delivery_queue_meets_expectations,
+    bill_delay_leaves_time_for_autopay,
+]

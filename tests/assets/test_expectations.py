@@ -1,0 +1,215 @@
+"""The Great Expectations suites (checks/suites.py) on daily_autopay's nights, on SQLite and
+PostgreSQL: each passes on the rows the chain made, and fails naming the ids of a deliberately
+corrupted row (ids only). The bills' suite is blocking: with a bill whose total disagrees with
+its lines, AutoPay does not run for that night and nobody is charged."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+
+import dagster as dg
+import pytest
+from sqlalchemy import Engine, and_, func, select, update
+
+from billing_pipeline.assets.autopay import autopay_attempts
+from billing_pipeline.assets.chain import AT_MIDNIGHT, chain_through
+from billing_pipeline.assets.delivery import delivery_queue
+from billing_pipeline.assets.finance import finance_daily
+from billing_pipeline.checks import expectations
+from billing_pipeline.checks.suites import (
+    EXPECTATION_CHECKS,
+    bill_delay_leaves_time_for_autopay,
+    bills_meet_expectations,
+)
+from billing_pipeline.db import models as m
+from billing_pipeline.definitions import defs
+from billing_pipeline.localstripe_server import LocalStripe
+from billing_pipeline.resources.clock import Clock
+from billing_pipeline.resources.database import BillingDatabase
+from billing_pipeline.resources.payments import Payments
+from billing_pipeline.scenario.load import load_scenario
+from tests.conftest import CONTRACT
+
+NOV2, NOV3 = date(2026, 11, 2), date(2026, 11, 3)
+CHAIN = chain_through(delivery_queue)
+CHECK_NAMES = {spec.name for c in EXPECTATION_CHECKS for spec in c.check_specs}
+
+
+def run(
+    engine: Engine, payments: Payments, night: date, selection: dg.AssetSelection
+) -> dg.ExecuteInProcessResult:
+    # A run of checks alone has no partitions definition of its own: it gets the night's tag,
+    # as a run of the job would.
+    assets_too = bool(selection.resolve([*CHAIN, finance_daily]))
+    with dg.instance_for_test() as instance:
+        return dg.materialize(
+            [*CHAIN, finance_daily, *EXPECTATION_CHECKS],
+            selection=selection,
+            partition_key=night.isoformat() if assets_too else None,
+            tags=None if assets_too else {"dagster/partition": night.isoformat()},
+            instance=instance,
+            resources={
+                "db": BillingDatabase(url=engine.url.render_as_string(hide_password=False)),
+                "clock": Clock(mode="logical", until_date="2026-12-31"),
+                "payments": payments,
+            },
+            raise_on_error=False,
+        )
+
+
+def checks_of(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {
+        e.check_name: e for e in result.get_asset_check_evaluations() if e.check_name in CHECK_NAMES
+    }
+
+
+def failing(evaluation: dg.AssetCheckEvaluation) -> dict[str, list[str]]:
+    return evaluation.metadata["failing_ids"].value  # type: ignore[return-value]
+
+
+ONLY_CHECKS = dg.AssetSelection.checks(*EXPECTATION_CHECKS)
+
+
+@pytest.fixture
+def night_made(engine: Engine, localstripe: LocalStripe) -> tuple[Engine, Payments]:
+    payments = Payments(api_key="sk_test_x", api_base=localstripe.url)
+    load_scenario(CONTRACT / "scenarios" / "daily_autopay.json", engine, payments)
+    done = run(
+        engine, payments, NOV2, dg.AssetSelection.assets(*CHAIN, finance_daily) | ONLY_CHECKS
+    )
+    assert done.success
+    # Finance's figures of the night are stored (on PostgreSQL, as the service role under the
+    # practice isolation of migration 0008).
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(m.FinanceDaily.bills, m.FinanceDaily.bills_cents).where(
+                m.FinanceDaily.night == NOV2
+            )
+        ).all()
+        made = conn.execute(
+            select(func.count(), func.sum(m.Bill.amount_cents)).where(m.Bill.night == NOV2)
+        ).one()
+    assert [tuple(r) for r in stored] == [tuple(made)]
+    evaluations = checks_of(done)
+    assert set(evaluations) == CHECK_NAMES
+    for name, evaluation in evaluations.items():
+        assert evaluation.passed, (name, evaluation.metadata)
+        assert failing(evaluation) == {}, name
+    return engine, payments
+
+
+def test_each_suite_names_the_ids_of_a_corrupted_row_and_the_bills_suite_blocks_autopay(
+    night_made: tuple[Engine, Payments],
+) -> None:
+    engine, payments = night_made
+    with engine.begin() as conn:
+        bill = conn.execute(select(func.min(m.Bill.id)).where(m.Bill.night == NOV2)).scalar_one()
+        conn.execute(update(m.Bill).where(m.Bill.id == bill).values(amount_cents=0))
+        attempt = conn.execute(
+            select(func.min(m.AutopayAttempt.id)).where(m.AutopayAttempt.night == NOV2)
+        ).scalar_one()
+        # Charged $10 more than the bills it covers, and declined without a code.
+        conn.execute(
+            update(m.AutopayAttempt)
+            .where(m.AutopayAttempt.id == attempt)
+            .values(
+                amount_cents=m.AutopayAttempt.amount_cents + 1000,
+                status="declined",
+                failure_code=None,
+            )
+        )
+        delivery, made = conn.execute(
+            select(m.Delivery.id, m.Bill.created_at)
+            .join(
+                m.Bill,
+                and_(m.Delivery.document_type == "bill", m.Delivery.document_id == m.Bill.id),
+            )
+            .where(m.Delivery.night == NOV2)
+            .order_by(m.Delivery.id)
+        ).first()
+        conn.execute(
+            update(m.Delivery)
+            .where(m.Delivery.id == delivery)
+            .values(scheduled_at=made - timedelta(minutes=1))
+        )
+        client = (
+            conn.execute(
+                select(m.ResolvedSettings.client_id)
+                .where(m.ResolvedSettings.night == NOV2, m.ResolvedSettings.autopay_runs.is_(True))
+                .order_by(m.ResolvedSettings.client_id)
+            )
+            .scalars()
+            .first()
+        )
+        conn.execute(
+            update(m.ResolvedSettings)
+            .where(m.ResolvedSettings.night == NOV2, m.ResolvedSettings.client_id == client)
+            .values(bill_delay_minutes=15)
+        )
+
+    evaluations = checks_of(run(engine, payments, NOV2, ONLY_CHECKS))
+    bills = evaluations["bills_meet_expectations"]
+    assert not bills.passed and bills.severity == dg.AssetCheckSeverity.ERROR
+    assert failing(bills) == {"bill amount equals the sum of its lines": [f"bill-{bill}"]}
+    positive = evaluations["bills_are_positive"]
+    assert not positive.passed and positive.severity == dg.AssetCheckSeverity.WARN
+    assert failing(positive) == {"bill amount is positive": [f"bill-{bill}"]}
+    attempts = evaluations["autopay_attempts_meet_expectations"]
+    assert not attempts.passed
+    assert failing(attempts) == {
+        "amount is at most the open balance at the attempt": [f"attempt-{attempt}"],
+        "every decline has a decline code": [f"attempt-{attempt}"],
+    }
+    deliveries = evaluations["delivery_queue_meets_expectations"]
+    assert failing(deliveries) == {
+        "due at or after the document was made": [f"delivery-{delivery}"]
+    }
+    settings = evaluations["bill_delay_leaves_time_for_autopay"]
+    assert not settings.passed and settings.severity == dg.AssetCheckSeverity.WARN
+    assert failing(settings) == {"bill delay at least 60 minutes with AutoPay on": [client]}
+    # Ids only: no name or email of the scenario's clients in any check's metadata.
+    shown = json.dumps({n: str(e.metadata) for n, e in evaluations.items()})
+    for person in ("Ana", "Ben", "@"):
+        assert person not in shown
+
+    # The next night, a bill whose total disagrees with its lines: no AutoPay for that night.
+    a_bill_that_disagrees_with_its_lines_stops_that_nights_autopay(engine, payments)
+
+
+def a_bill_that_disagrees_with_its_lines_stops_that_nights_autopay(
+    engine: Engine, payments: Payments
+) -> None:
+    assert run(engine, payments, NOV3, dg.AssetSelection.assets(*AT_MIDNIGHT)).success
+    with engine.begin() as conn:
+        bill = conn.execute(select(func.min(m.Bill.id)).where(m.Bill.night == NOV3)).scalar_one()
+        assert bill is not None
+        conn.execute(
+            update(m.Bill).where(m.Bill.id == bill).values(amount_cents=m.Bill.amount_cents - 1)
+        )
+    # The 00:30 job as defined: the bills' suite, then AutoPay and what follows it.
+    job = defs.resolve_job_def("autopay_job")
+    assert bills_meet_expectations.check_key in job.asset_layer.asset_graph.asset_check_keys
+    result = run(
+        engine,
+        payments,
+        NOV3,
+        dg.AssetSelection.assets(autopay_attempts)
+        | dg.AssetSelection.checks(bills_meet_expectations),
+    )
+    assert not result.success
+    evaluation = checks_of(result)["bills_meet_expectations"]
+    assert not evaluation.passed
+    assert failing(evaluation) == {"bill amount equals the sum of its lines": [f"bill-{bill}"]}
+    ran = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert "autopay_attempts" not in ran
+    with engine.connect() as conn:
+        attempts = conn.execute(
+            select(func.count()).where(m.AutopayAttempt.night == NOV3)
+        ).scalar_one()
+    assert attempts == 0
+
+
+def test_great_expectations_is_imported_once_per_process() -> None:
+    assert expectations.gx_context() is expectations.gx_context()
+    assert bill_delay_leaves_time_for_autopay.check_specs
