@@ -22,6 +22,7 @@ schedule stopped through GraphQL before the daemon starts (only the backfills ru
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -197,8 +198,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, localstripe: LocalStripe) ->
         # UI's processes get no Stripe key at all).
         engine = get_engine(billing_url)
         cards = Payments(api_key="sk_test_x", api_base=localstripe.url)
-        for name in ("daily_autopay.json", "sharing_defaults.json"):
-            load_scenario(CONTRACT / "scenarios" / name, engine, cards)
+        load_scenario(CONTRACT / "scenarios" / "daily_autopay.json", engine, cards)
+        load_scenario(_with_an_imported_session(tmp), engine, cards)
         home = tmp / "dagster_home"
         home.mkdir()
         shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")  # production's instance
@@ -247,6 +248,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory, localstripe: LocalStripe) ->
         _stop(procs)
         drop_pg_database(dagster_url)
         drop_pg_database(billing_url)
+
+
+def _with_an_imported_session(folder: Path) -> Path:
+    """sharing_defaults with an imported session without CPT on the no-key night too: both
+    backfills' runs then flag one on the imported-CPT check, and the check's page shows a
+    session id whichever of them evaluated it last (the daemon runs them side by side)."""
+    doc = json.loads((CONTRACT / "scenarios" / "sharing_defaults.json").read_text())
+    doc["sessions"].append(
+        {
+            "id": "s-early-imported",
+            "client_id": "cl-early",
+            "starts_at": f"{NO_KEY_NIGHT}T15:00:00-06:00",
+            "source": "imported",
+            "services": [{"cpt": None, "units": 1, "fee_cents": 15000}],
+        }
+    )
+    path = folder / "sharing_defaults_with_imported.json"
+    path.write_text(json.dumps(doc))
+    return path
 
 
 def _wait_for_backfill(stack: Stack, backfill_id: str) -> BulkActionStatus:
@@ -300,6 +320,15 @@ def test_a_backfill_launched_as_the_ui_does_shows_each_nights_figures_in_the_ui(
         assert bills[night]["night"] == night
         assert bills[night]["bills"] == made[night], night
     assert batch not in {bills[night]["bills"] for night in NIGHTS}
+    # Finance's table: each night its own rows, the practice's bills among them.
+    # (finance_daily, like its 18:00 schedule, after the nights: a backfill of its own.)
+    finance_id = stack.launch_backfill(["finance_daily"], NIGHTS, "finance-november-1-to-3")
+    assert _wait_for_backfill(stack, finance_id) == BulkActionStatus.COMPLETED_SUCCESS
+    finance = _newest_materializations(stack, "finance_daily")
+    for night in NIGHTS:
+        rows = {r.data["account_id"]: r.data for r in finance[night]["finance"].records}
+        assert {r["night"] for r in rows.values()} == {night}
+        assert rows["acct-sunrise"]["bills"] == made[night], (night, rows)
     eligible = _newest_materializations(stack, "eligible_sessions")
     assert eligible["2026-11-03"]["imported_sessions_missing_cpt"] == 1
     assert eligible["2026-11-01"]["imported_sessions_missing_cpt"] == 0
@@ -360,11 +389,16 @@ def _tour_in_the_browser(stack: Stack, backfill_id: str) -> None:
             page.get_by_text(re.compile(r"billing/nights")).first.wait_for()
             page.screenshot(path=str(shots / "ui-runs.png"))
 
+            # Finance's table of a night, per practice, on finance_daily's partition.
+            visit(page, f"{stack.base}/assets/finance_daily?view=partitions&partition=2026-11-03")
+            page.get_by_text("collected_total").first.wait_for()
+            page.screenshot(path=str(shots / "ui-finance-table.png"))
+
             # The imported-CPT check's result on the asset's checks page, its session ids shown.
             visit(page, f"{stack.base}/assets/eligible_sessions?view=checks")
             # The list truncates long names on screen ("imported_sessi…have_cpt_codes").
             page.get_by_text(re.compile("imported_sessi")).filter(visible=True).first.click()
-            page.get_by_text("s-ben-imported").first.wait_for()
+            page.get_by_text(re.compile("s-ben-imported|s-early-imported")).first.wait_for()
             page.screenshot(path=str(shots / "ui-cpt-check.png"))
         except Exception:
             page.screenshot(path=str(stack.logs / "failed.png"))
