@@ -150,13 +150,55 @@ def _vmhwm_kib() -> int:
     return 0
 
 
-def _in_child(work: Callable[[], None]) -> Measured:
-    """Run `work` in a forked process; its wall time and peak RSS."""
+def _time_statements() -> Callable[[], None]:
+    """Time every SQL statement of this process; returns what prints the costliest."""
+    from collections import defaultdict
+
+    from sqlalchemy import event
+
+    spent: defaultdict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    starts: list[float] = []
+
+    @event.listens_for(Engine, "before_cursor_execute")
+    def _before(*_args: object) -> None:
+        starts.append(time.perf_counter())
+
+    @event.listens_for(Engine, "after_cursor_execute")
+    def _after(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        row = spent[" ".join(statement.split())[:110]]
+        row[0] += time.perf_counter() - starts.pop()
+        row[1] += 1
+
+    def _report() -> None:
+        top = sorted(spent.items(), key=lambda kv: -kv[1][0])[:12]
+        sys.stdout.write("SQL by total time (s, calls, statement):\n")
+        for statement, (seconds, calls) in top:
+            sys.stdout.write(f"{seconds:8.3f} {int(calls):6d}  {statement}\n")
+        sys.stdout.flush()
+
+    return _report
+
+
+def _in_child(work: Callable[[], None], profile: bool = False) -> Measured:
+    """Run `work` in a forked process; its wall time and peak RSS (`profile`: and print
+    where its time went, the 25 functions with the most cumulative time)."""
 
     def target(pipe: Pipe) -> None:
         started = time.perf_counter()
         try:
-            work()
+            if profile:
+                report = _time_statements()
+                import cProfile
+                import pstats
+
+                profiler = cProfile.Profile()
+                profiler.runcall(work)
+                pstats.Stats(profiler, stream=sys.stdout).sort_stats(
+                    os.environ.get("BENCH_SORT", "cumulative")
+                ).print_stats(25)
+                report()
+            else:
+                work()
         except BaseException as exc:
             pipe.send(("error", f"{type(exc).__name__}: {exc}"[:2000]))
             raise
@@ -242,6 +284,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--history-days", type=int, default=7)
     parser.add_argument("--role", choices=("service", "owner"), default="service")
+    parser.add_argument(
+        "--profile", choices=CHAIN, help="print a cProfile of this asset's first run"
+    )
     args = parser.parse_args()
     size = SIZES[args.size]
 
@@ -280,13 +325,16 @@ def main() -> None:
 
         timings: dict[str, list[Measured]] = {name: [] for name in CHAIN}
         rows: dict[str, int] = {}
-        for _ in range(args.runs):
+        for run in range(args.runs):
             _reset(owner)
             for name in CHAIN:
                 if name == "delivery_queue":
                     _mark_autopay_done(owner)
                 dispose_engines()
-                timings[name].append(_in_child(lambda name=name: _materialize(name, run_url)))
+                profile = run == 0 and args.profile == name
+                timings[name].append(
+                    _in_child(lambda name=name: _materialize(name, run_url), profile)
+                )
                 with owner.connect() as conn:
                     rows[name] = int(conn.execute(text(ROWS_SQL[name]), {"n": NIGHT}).scalar())
         runner.dispose()
