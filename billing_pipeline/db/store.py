@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, insert, select
+from sqlalchemy import Connection, Row, and_, insert, or_, select
 from sqlalchemy.exc import NoResultFound
 
 from billing_pipeline.db import models as m
@@ -383,20 +383,26 @@ def load_sessions_of_accounts(
     starts_from: datetime,
     starts_before: datetime,
     at: datetime | None = None,
+    *,
+    leave_out_billed_native: bool = False,
 ) -> list[Session]:
-    """`load_sessions` of every client of these accounts (a join, not a list of clients)."""
+    """`load_sessions` of every client of these accounts (a join, not a list of clients).
+    `leave_out_billed_native`: without the native sessions already on a bill (most of a
+    look-back window), which a night neither bills nor flags."""
     if not account_ids:
         return []
     clients = select(m.Client.id).where(_of(m.Client.account_id, account_ids))
+    where = [
+        m.SessionRow.client_id.in_(clients),
+        m.SessionRow.starts_at >= starts_from,
+        m.SessionRow.starts_at < starts_before,
+    ]
+    if leave_out_billed_native:
+        billed = select(m.BillSession.session_id).where(m.BillSession.session_id == m.SessionRow.id)
+        where.append(or_(~billed.exists(), m.SessionRow.source != SessionSource.NATIVE.value))
     srows = conn.execute(
         select(m.SessionRow.__table__)
-        .where(
-            and_(
-                m.SessionRow.client_id.in_(clients),
-                m.SessionRow.starts_at >= starts_from,
-                m.SessionRow.starts_at < starts_before,
-            )
-        )
+        .where(and_(*where))
         .order_by(m.SessionRow.starts_at, m.SessionRow.id)
     ).all()
     return _with_services(conn, srows, at)

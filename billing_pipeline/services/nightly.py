@@ -90,6 +90,8 @@ def eligible_for_nights(
             cal.start_of_day(cal.lookback_start(night), tz),
             midnight,
             at=midnight,
+            # A native session on a bill is neither billed again nor flagged: not read.
+            leave_out_billed_native=True,
         )
         billed = billed_session_ids(conn, [s.id for s in sessions])
         for s in sessions:
