@@ -335,6 +335,7 @@ def main() -> None:
                 timings[name].append(
                     _in_child(lambda name=name: _materialize(name, run_url), profile)
                 )
+                sys.stderr.write(f"run {run + 1}: {name} {timings[name][-1].seconds:.2f} s\n")
                 with owner.connect() as conn:
                     rows[name] = int(conn.execute(text(ROWS_SQL[name]), {"n": NIGHT}).scalar())
         runner.dispose()
