@@ -225,8 +225,13 @@ def for_each_account_night_of(
         for account in accounts:
             if account.id in failed:
                 continue
-            scheduled = step_instant(night, account.timezone, step)
-            if not clock.is_due(scheduled, account.timezone):
+            try:
+                scheduled = step_instant(night, account.timezone, step)
+                is_due = clock.is_due(scheduled, account.timezone)
+            except Exception as exc:  # a practice's bad data (its zone) fails it alone
+                _fail(context, db, clock, step, failed, account, night, exc)
+                continue
+            if not is_due:
                 slots[account.id] = NightFigures(account.id, night)
                 slots[account.id].add("not_due_yet")
             else:
@@ -275,14 +280,29 @@ def _one_practice(
         step_fault(context.asset_key.to_user_string(), account.id, night.isoformat())
         return db.transact(lambda conn: work(conn, [(account, scheduled)], night))[0]
     except Exception as exc:
-        why = str(exc) if isinstance(exc, SafeMessageError) else type(exc).__name__
-        failed[account.id] = f"{night}: {why}"
-        context.log.error(
-            f"practice {account.id} night {night} failed ({why}); "
-            "its work was rolled back, other practices go on"
-        )
-        _note_failure(context, db, clock, account, night, step, why)
+        _fail(context, db, clock, step, failed, account, night, exc)
         return None
+
+
+def _fail(
+    context: dg.AssetExecutionContext,
+    db: BillingDatabase,
+    clock: Clock,
+    step: Step,
+    failed: dict[str, str],
+    account: AccountView,
+    night: date,
+    exc: Exception,
+) -> None:
+    """As `for_each_practice_night` reports a practice's failure (its type only, unless the
+    message is built to carry no PHI)."""
+    why = str(exc) if isinstance(exc, SafeMessageError) else type(exc).__name__
+    failed[account.id] = f"{night}: {why}"
+    context.log.error(
+        f"practice {account.id} night {night} failed ({why}); "
+        "its work was rolled back, other practices go on"
+    )
+    _note_failure(context, db, clock, account, night, step, why)
 
 
 EVERY_PRACTICE_DONE = "every_practice_done"
