@@ -53,8 +53,11 @@ setup(
         "localstripe": [LOCALSTRIPE],
         # The demo: a local Stripe and a local SMTP sink that keeps the emails as .eml files.
         "demo": [LOCALSTRIPE, AIOSMTPD],
+        # Steps as Celery tasks on many machines (RabbitMQ or Redis): the dagster family's pin.
+        "celery": [f"dagster-celery=={DAGSTER_LIBS}"],
         "test": [
             LOCALSTRIPE,
+            f"dagster-celery=={DAGSTER_LIBS}",
             "pytest>=8,<10",
             "pytest-xdist>=3.5,<4",
             "hypothesis>=6.100,<7",

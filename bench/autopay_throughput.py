@@ -62,7 +62,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--latency-ms", type=int, default=300)
     parser.add_argument("--cards", type=int, default=8)
+    parser.add_argument(
+        "--cap",
+        type=float,
+        default=None,
+        help="only the pool, under this many requests/s (Stripe live mode: 100), with "
+        "enough workers to fill it; prints requests/s as a share of the cap",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="with --cap (default 1.3 x cap x latency)"
+    )
     args = parser.parse_args()
+    if args.cap:
+        _at_cap(args)
+        return
 
     with LocalStripe(latency_ms=args.latency_ms) as server:
         setup = Payments(api_key=API_KEY, api_base=server.url)
@@ -100,6 +113,77 @@ def main() -> None:
         runs = ", ".join(f"{v:.2f}" for v in values)
         print(f"{label:<40} median {medians[mode]:6.2f} charges/s   runs: {runs}")
     print(f"pool / sequential: {medians['pool'] / medians['sequential']:.1f}x")
+
+
+def _at_cap(args: argparse.Namespace) -> None:
+    """The pool at Stripe's cap: each run charges `--charges` PaymentIntents and counts the
+    requests sent (every one passes the shared limiter); then checks that Stripe holds one
+    PaymentIntent per idempotency key."""
+    from billing_pipeline.resources import payments as payments_module
+
+    # Every request, charge or lookup, passes the pool's shared limiter: count them there.
+    limiter = payments_module._RateLimiter  # noqa: SLF001 (the bench counts, never changes)
+    sent = [0]
+    wait = limiter.wait
+
+    def counted(self: object) -> None:
+        wait(self)  # type: ignore[arg-type]
+        sent[0] += 1
+
+    limiter.wait = counted  # type: ignore[method-assign,assignment]
+    workers = args.workers or int(args.cap * args.latency_ms / 1000 * 1.3) + 1
+    with LocalStripe(latency_ms=args.latency_ms) as server:
+        setup = Payments(api_key=API_KEY, api_base=server.url)
+        with ThreadPoolExecutor(max_workers=args.cards) as pool:
+            cards = list(
+                pool.map(
+                    lambda i: setup.register_card(
+                        owner_ref=f"bench-{i}",
+                        number="4242424242424242",
+                        exp_month=12,
+                        exp_year=2030,
+                    ),
+                    range(args.cards),
+                )
+            )
+        pooled = Payments(
+            api_key=API_KEY,
+            api_base=server.url,
+            max_workers=workers,
+            requests_per_second=args.cap,
+        )
+        shares = []
+        keys: list[str] = []
+        for _ in range(args.runs):
+            batch = _requests(cards, args.charges)
+            keys.extend(r.idempotency_key for r in batch)
+            results: list[ChargeResult] = []
+            sent[0] = 0
+            started = time.perf_counter()
+            pooled.charge_many(batch, results.append)
+            took = time.perf_counter() - started
+            if len(results) != args.charges or any(r.outcome != Outcome.SUCCEEDED for r in results):
+                raise RuntimeError("bench: a charge did not succeed")
+            rate = sent[0] / took
+            shares.append(rate / args.cap)
+            print(
+                f"{args.charges} charges, {sent[0]} requests in {took:.1f} s: "
+                f"{rate:.1f} requests/s = {100 * rate / args.cap:.1f} % of {args.cap:g}/s, "
+                f"{args.charges / took:.1f} charges/s"
+            )
+        made = pooled.intents_with_metadata()
+        per_key: dict[str, int] = {}
+        for state in made:
+            key = state.metadata.get("idempotency_key", "")
+            per_key[key] = per_key.get(key, 0) + 1
+        twice = [k for k in keys if per_key.get(k, 0) != 1]
+    print(
+        f"localstripe +{args.latency_ms} ms/request, cap {args.cap:g} requests/s, "
+        f"{workers} workers: median {100 * statistics.median(shares):.1f} % of the cap; "
+        f"PaymentIntents per key: {'one each' if not twice else f'{len(twice)} keys wrong'}"
+    )
+    if twice:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import dagster as dg
 from billing_pipeline.assets.common import (
     BILLING_OPS,
     for_each_night,
+    for_each_night_of,
     nightly_asset,
     practice_check,
     practice_check_spec,
@@ -16,7 +17,7 @@ from billing_pipeline.db import models as m
 from billing_pipeline.domain.schedule import Step
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
-from billing_pipeline.services.nightly import create_bills, create_superbills
+from billing_pipeline.services.nightly import create_bills_of, create_superbills
 
 
 @nightly_asset(
@@ -46,12 +47,12 @@ def bills(
     queued with it."""
     run_id = context.run.run_id
     failed: dict[str, str] = {}
-    figures = for_each_night(
+    figures = for_each_night_of(
         context,
         db,
         clock,
         Step.BILLS,
-        lambda conn, p, night, at: create_bills(conn, p, night, at, run_id),
+        lambda conn, batch, night: create_bills_of(conn, batch, night, run_id),
         failed,
     )
     with db.engine.connect() as conn:

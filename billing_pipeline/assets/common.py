@@ -3,17 +3,19 @@ figures it reports. Wiring only; the rules are in domain/ and the writes in db/.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
+from functools import partial
 
 import dagster as dg
 from sqlalchemy import Connection
 
 from billing_pipeline.db.catchup import note_failure
 from billing_pipeline.db.models import Base
-from billing_pipeline.db.store import list_accounts, load_practice
+from billing_pipeline.db.store import list_accounts, load_practice, load_practices
 from billing_pipeline.domain.money import dollars
 from billing_pipeline.domain.practice import AccountView, Practice
 from billing_pipeline.domain.schedule import Step, step_instant
@@ -30,7 +32,7 @@ from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.resources.payments import Payments
 from billing_pipeline.services.nightly import NightFigures
-from billing_pipeline.testing import step_fault
+from billing_pipeline.testing import STEP_FAULT_ENV, step_fault
 
 # Who answers for what, as the asset graph shows it.
 BILLING_OPS = "team:billing-ops"
@@ -255,6 +257,151 @@ def for_each_night(
         return db.transact(lambda conn: work(conn, load_practice(conn, account.id, at), night, at))
 
     return for_each_practice_night(context, db, clock, step, in_transaction, failed)
+
+
+# How many practices' nights one transaction does in the set-based steps (memory and a
+# transaction's length are bounded by it; BILLING_PRACTICES_PER_TRANSACTION overrides it).
+PRACTICES_PER_TRANSACTION = 100
+
+PracticesWork = Callable[[Connection, list[tuple[Practice, datetime]], date], list[NightFigures]]
+AccountsWork = Callable[[Connection, list[tuple[AccountView, datetime]], date], list[NightFigures]]
+
+
+def _batch_size() -> int:
+    if os.environ.get(STEP_FAULT_ENV):
+        # The test-only fault hook counts the times each practice's work is reached: keep
+        # to one practice per transaction, as the hook's tests expect.
+        return 1
+    return max(
+        1,
+        int(os.environ.get("BILLING_PRACTICES_PER_TRANSACTION") or 0) or PRACTICES_PER_TRANSACTION,
+    )
+
+
+def for_each_night_of(
+    context: dg.AssetExecutionContext,
+    db: BillingDatabase,
+    clock: Clock,
+    step: Step,
+    work: PracticesWork,
+    failed: dict[str, str],
+) -> list[NightFigures]:
+    """`for_each_night` with many practices per transaction: `work` takes a batch of
+    practices (each read as it stood at its step's instant) and does their night in a few
+    statements. A batch that fails is rolled back and done again one practice per
+    transaction, so a practice whose data breaks the step fails alone, as in
+    `for_each_night`."""
+
+    def load(
+        conn: Connection, batch: list[tuple[AccountView, datetime]], night: date
+    ) -> list[NightFigures]:
+        at_of: dict[datetime, list[str]] = {}
+        for account, at in batch:
+            at_of.setdefault(at, []).append(account.id)
+        practices: dict[str, Practice] = {}
+        for at, ids in at_of.items():
+            practices.update(load_practices(conn, ids, at))
+        return work(conn, [(practices[a.id], at) for a, at in batch], night)
+
+    return for_each_account_night_of(context, db, clock, step, load, failed)
+
+
+def for_each_account_night_of(
+    context: dg.AssetExecutionContext,
+    db: BillingDatabase,
+    clock: Clock,
+    step: Step,
+    work: AccountsWork,
+    failed: dict[str, str],
+) -> list[NightFigures]:
+    """`for_each_night_of` for work that reads no practice's settings (ids are enough)."""
+    size = _batch_size()
+    accounts = run_accounts(context, db)
+    figures: list[NightFigures] = []
+    for night in run_nights(context):
+        slots: dict[str, NightFigures] = {}
+        due: list[tuple[AccountView, datetime]] = []
+        for account in accounts:
+            if account.id in failed:
+                continue
+            try:
+                scheduled = step_instant(night, account.timezone, step)
+                is_due = clock.is_due(scheduled, account.timezone)
+            except Exception as exc:  # a practice's bad data (its zone) fails it alone
+                _fail(context, db, clock, step, failed, account, night, exc)
+                continue
+            if not is_due:
+                slots[account.id] = NightFigures(account.id, night)
+                slots[account.id].add("not_due_yet")
+            else:
+                due.append((account, scheduled))
+        for first in range(0, len(due), size):
+            batch = due[first : first + size]
+            if size > 1:
+                try:
+                    done = db.transact(partial(_as_batch, work, batch, night))
+                    slots.update({f.account_id: f for f in done})
+                    continue
+                except Exception as exc:
+                    context.log.warning(
+                        f"a batch of {len(batch)} practices failed night {night} "
+                        f"({type(exc).__name__}); each is done again on its own"
+                    )
+            for account, scheduled in batch:
+                one = _one_practice(
+                    context, db, clock, step, work, failed, account, night, scheduled
+                )
+                if one is not None:
+                    slots[account.id] = one
+        figures.extend(slots[a.id] for a in accounts if a.id in slots)
+    return figures
+
+
+def _as_batch(
+    work: AccountsWork, batch: list[tuple[AccountView, datetime]], night: date, conn: Connection
+) -> list[NightFigures]:
+    return work(conn, batch, night)
+
+
+def _one_practice(
+    context: dg.AssetExecutionContext,
+    db: BillingDatabase,
+    clock: Clock,
+    step: Step,
+    work: AccountsWork,
+    failed: dict[str, str],
+    account: AccountView,
+    night: date,
+    scheduled: datetime,
+) -> NightFigures | None:
+    """One practice's night in a transaction of its own, as `for_each_practice_night`."""
+    try:
+        step_fault(context.asset_key.to_user_string(), account.id, night.isoformat())
+        return db.transact(lambda conn: work(conn, [(account, scheduled)], night))[0]
+    except Exception as exc:
+        _fail(context, db, clock, step, failed, account, night, exc)
+        return None
+
+
+def _fail(
+    context: dg.AssetExecutionContext,
+    db: BillingDatabase,
+    clock: Clock,
+    step: Step,
+    failed: dict[str, str],
+    account: AccountView,
+    night: date,
+    exc: Exception,
+) -> None:
+    """As `for_each_practice_night` reports a practice's failure (its type only, unless the
+    message is built to carry no PHI)."""
+    why = str(exc) if isinstance(exc, SafeMessageError) else type(exc).__name__
+    failed[account.id] = f"{night}: {why}"
+    context.log.error(
+        f"practice {account.id} night {night} failed ({why}); "
+        "its work was rolled back, other practices go on"
+    )
+    _note_failure(context, db, clock, account, night, step, why)
 
 
 EVERY_PRACTICE_DONE = "every_practice_done"

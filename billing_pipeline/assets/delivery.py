@@ -6,7 +6,7 @@ from billing_pipeline.assets.autopay import autopay_attempts, statements
 from billing_pipeline.assets.billing import superbills
 from billing_pipeline.assets.common import (
     BILLING_OPS,
-    for_each_night,
+    for_each_account_night_of,
     nightly_asset,
     practice_check,
     practice_check_spec,
@@ -18,7 +18,7 @@ from billing_pipeline.db import models as m
 from billing_pipeline.domain.schedule import Step
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
-from billing_pipeline.services.nightly import release_deliveries
+from billing_pipeline.services.nightly import release_deliveries_of
 
 
 @nightly_asset(
@@ -45,12 +45,12 @@ def delivery_queue(
     time plus the client's delay. Bills due after AutoPay were held until AutoPay ran; this
     releases them. The `deliver_due_documents` sensor shares what falls due."""
     failed: dict[str, str] = {}
-    figures = for_each_night(
+    figures = for_each_account_night_of(
         context,
         db,
         clock,
         Step.AUTOPAY,
-        lambda conn, p, night, _at: release_deliveries(conn, p.account.id, night),
+        lambda conn, batch, night: release_deliveries_of(conn, [a.id for a, _ in batch], night),
         failed,
     )
     with db.engine.connect() as conn:

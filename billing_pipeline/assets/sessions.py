@@ -4,7 +4,7 @@ import dagster as dg
 
 from billing_pipeline.assets.common import (
     BILLING_OPS,
-    for_each_night,
+    for_each_night_of,
     nightly_asset,
     practice_check,
     practice_check_spec,
@@ -15,7 +15,10 @@ from billing_pipeline.db import models as m
 from billing_pipeline.domain.schedule import Step
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
-from billing_pipeline.services.nightly import record_eligible_sessions, record_resolved_settings
+from billing_pipeline.services.nightly import (
+    record_eligible_sessions_of,
+    record_resolved_settings_of,
+)
 
 
 @nightly_asset(
@@ -42,12 +45,12 @@ def eligible_sessions(
     dated on or before the night and at most 90 days before it, on no bill yet. Imported
     sessions without CPT codes are left out and flagged for staff."""
     failed: dict[str, str] = {}
-    figures = for_each_night(
+    figures = for_each_night_of(
         context,
         db,
         clock,
         Step.BILLS,
-        lambda conn, p, night, _at: record_eligible_sessions(conn, p, night),
+        lambda conn, batch, night: record_eligible_sessions_of(conn, [p for p, _ in batch], night),
         failed,
     )
     # The sessions the run's nights met without a CPT code (each night's figures list them).
@@ -77,12 +80,12 @@ def resolved_settings(
     account, everything else from the client, and whether AutoPay may charge them, with the
     reason when it may not."""
     failed: dict[str, str] = {}
-    figures = for_each_night(
+    figures = for_each_night_of(
         context,
         db,
         clock,
         Step.BILLS,
-        lambda conn, p, night, _at: record_resolved_settings(conn, p, night),
+        lambda conn, batch, night: record_resolved_settings_of(conn, [p for p, _ in batch], night),
         failed,
     )
     return dg.MaterializeResult(

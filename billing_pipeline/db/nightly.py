@@ -19,14 +19,38 @@ from billing_pipeline.domain.billing import BillStatus, PlannedBill
 def replace_rows(
     conn: Connection,
     table: type[m.EligibleSession] | type[m.ResolvedSettings],
-    account_id: str,
+    account_id: str | Sequence[str],
     night: date,
     rows: Sequence[Mapping[str, Any]],
 ) -> None:
-    """The night's rows of a per-night table for the account, replaced by `rows`."""
-    conn.execute(delete(table).where(and_(table.night == night, table.account_id == account_id)))
+    """The night's rows of a per-night table for the account (or accounts), replaced by
+    `rows`: one DELETE, then the rows in as few INSERTs as the driver allows."""
+    ids = [account_id] if isinstance(account_id, str) else list(account_id)
+    conn.execute(delete(table).where(and_(table.night == night, _of(table.account_id, ids))))
     if rows:
         conn.execute(insert(table), list(rows))
+
+
+def _of(column: Any, ids: Sequence[str]) -> ColumnElement[bool]:
+    """`column = id` for one id (the query one practice always made), else `IN`."""
+    return column == ids[0] if len(ids) == 1 else column.in_(list(ids))
+
+
+def eligible_session_ids_of(
+    conn: Connection, account_ids: Sequence[str], night: date
+) -> dict[str, list[str]]:
+    """{account id: the sessions in its night's `eligible_sessions` rows, in id order}."""
+    found: dict[str, list[str]] = {a: [] for a in account_ids}
+    if not account_ids:
+        return found
+    t = m.EligibleSession
+    for account_id, session_id in conn.execute(
+        select(t.account_id, t.session_id)
+        .where(and_(t.night == night, _of(t.account_id, account_ids)))
+        .order_by(t.account_id, t.session_id)
+    ):
+        found[account_id].append(session_id)
+    return found
 
 
 def eligible_session_ids(conn: Connection, account_id: str, night: date) -> list[str]:
@@ -91,6 +115,12 @@ def insert_delivery(conn: Connection, **values: Any) -> None:
     conn.execute(insert(m.Delivery).values(**values))
 
 
+def insert_deliveries(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Many deliveries in one statement (per 1,000 rows), in the order given."""
+    if rows:
+        conn.execute(insert(m.Delivery), list(rows))
+
+
 def mark_step(
     conn: Connection, account_id: str, night: date, step: str, at: datetime, run_id: str | None
 ) -> None:
@@ -101,6 +131,45 @@ def mark_step(
                 account_id=account_id, night=night, step=str(step), completed_at=at, run_id=run_id
             )
         )
+
+
+def mark_steps(
+    conn: Connection,
+    done: Sequence[tuple[str, datetime]],
+    night: date,
+    step: str,
+    run_id: str | None,
+) -> None:
+    """`mark_step` for several (account id, instant): one query for those already done, one
+    INSERT for the others."""
+    if not done:
+        return
+    already = steps_done(conn, [a for a, _ in done], night, [step])
+    rows = [
+        {"account_id": a, "night": night, "step": str(step), "completed_at": at, "run_id": run_id}
+        for a, at in done
+        if (a, str(step)) not in already
+    ]
+    if rows:
+        conn.execute(insert(m.NightStep), rows)
+
+
+def steps_done(
+    conn: Connection, account_ids: Sequence[str], night: date, steps: Sequence[str]
+) -> set[tuple[str, str]]:
+    """The (account id, step) of these that the night has recorded done."""
+    if not account_ids:
+        return set()
+    rows = conn.execute(
+        select(m.NightStep.account_id, m.NightStep.step).where(
+            and_(
+                _of(m.NightStep.account_id, account_ids),
+                m.NightStep.night == night,
+                m.NightStep.step.in_([str(s) for s in steps]),
+            )
+        )
+    )
+    return {(a, s) for a, s in rows}
 
 
 def step_done(conn: Connection, account_id: str, night: date, step: str) -> bool:
@@ -116,26 +185,46 @@ def step_done(conn: Connection, account_id: str, night: date, step: str) -> bool
     return found is not None
 
 
-def insert_bill(
-    conn: Connection, account_id: str, night: date, created_at: datetime, bill: PlannedBill
-) -> int:
-    bill_id: int = conn.execute(
-        insert(m.Bill)
-        .values(
-            account_id=account_id,
-            client_id=bill.client_id,
-            night=night,
-            created_at=created_at,
-            amount_cents=bill.amount_cents,
-            status=BillStatus.OPEN.value,
-        )
-        .returning(m.Bill.id)
-    ).scalar_one()
+@dataclass(frozen=True)
+class NewBill:
+    """A planned bill of a practice's night, stamped with the night's bills instant."""
+
+    account_id: str
+    created_at: datetime
+    bill: PlannedBill
+
+
+def insert_bills(conn: Connection, night: date, new: Sequence[NewBill]) -> list[int]:
+    """The bills with their sessions and lines, a few statements for all of them (the
+    driver sends up to 1,000 rows per statement); their ids in the order of `new`."""
+    if not new:
+        return []
+    bills = [n.bill for n in new]
+    bill_ids = list(
+        conn.execute(
+            insert(m.Bill).returning(m.Bill.id, sort_by_parameter_order=True),
+            [
+                {
+                    "account_id": n.account_id,
+                    "client_id": n.bill.client_id,
+                    "night": night,
+                    "created_at": n.created_at,
+                    "amount_cents": n.bill.amount_cents,
+                    "status": BillStatus.OPEN.value,
+                }
+                for n in new
+            ],
+        ).scalars()
+    )
     # The unique session key refuses a session that another run billed meanwhile: the
     # whole transaction rolls back and the retry finds the session billed.
     conn.execute(
         insert(m.BillSession),
-        [{"session_id": sid, "bill_id": bill_id} for sid in bill.session_ids],
+        [
+            {"session_id": sid, "bill_id": bill_id}
+            for bill_id, bill in zip(bill_ids, bills, strict=True)
+            for sid in bill.session_ids
+        ],
     )
     conn.execute(
         insert(m.BillLineRow),
@@ -149,10 +238,11 @@ def insert_bill(
                 "modifiers": ",".join(line.modifiers),
                 "amount_cents": line.amount_cents,
             }
+            for bill_id, bill in zip(bill_ids, bills, strict=True)
             for line in bill.lines
         ],
     )
-    return bill_id
+    return bill_ids
 
 
 def clients_with_document(
@@ -287,6 +377,61 @@ def release_held_deliveries(conn: Connection, account_id: str, night: date) -> i
         update(m.Delivery).where(_held(account_id, night)).values(wait_for_autopay=False)
     ).rowcount
     return int(released or 0)
+
+
+def held_deliveries_of(conn: Connection, account_ids: Sequence[str], night: date) -> dict[str, int]:
+    """{account id: the night's deliveries still held for its AutoPay} (0 when none)."""
+    found = dict.fromkeys(account_ids, 0)
+    if account_ids:
+        rows = conn.execute(
+            select(m.Delivery.account_id, func.count())
+            .where(_held_of(account_ids, night))
+            .group_by(m.Delivery.account_id)
+        )
+        found.update({a: int(n) for a, n in rows})
+    return found
+
+
+def release_held_deliveries_of(
+    conn: Connection, account_ids: Sequence[str], night: date
+) -> dict[str, int]:
+    """Release the night's held deliveries of these accounts: {account id: how many}."""
+    found = dict.fromkeys(account_ids, 0)
+    if account_ids:
+        rows = conn.execute(
+            update(m.Delivery)
+            .where(_held_of(account_ids, night))
+            .values(wait_for_autopay=False)
+            .returning(m.Delivery.account_id)
+        )
+        for (account_id,) in rows:
+            found[account_id] += 1
+    return found
+
+
+def deliveries_by_type_of(
+    conn: Connection, account_ids: Sequence[str], night: date
+) -> dict[str, dict[str, int]]:
+    """{account id: {document type: the night's deliveries}}."""
+    found: dict[str, dict[str, int]] = {a: {} for a in account_ids}
+    if account_ids:
+        rows = conn.execute(
+            select(m.Delivery.account_id, m.Delivery.document_type, func.count())
+            .where(and_(_of(m.Delivery.account_id, account_ids), m.Delivery.night == night))
+            .group_by(m.Delivery.account_id, m.Delivery.document_type)
+            .order_by(m.Delivery.account_id, m.Delivery.document_type)
+        )
+        for account_id, kind, n in rows:
+            found[account_id][kind] = int(n)
+    return found
+
+
+def _held_of(account_ids: Sequence[str], night: date) -> ColumnElement[bool]:
+    return and_(
+        _of(m.Delivery.account_id, account_ids),
+        m.Delivery.night == night,
+        m.Delivery.wait_for_autopay.is_(True),
+    )
 
 
 def deliveries_by_type(conn: Connection, account_id: str, night: date) -> dict[str, int]:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, insert, select
+from sqlalchemy import Connection, Row, and_, insert, or_, select
+from sqlalchemy.exc import NoResultFound
 
 from billing_pipeline.db import models as m
 from billing_pipeline.domain.history import Change, overlay, values_at
@@ -93,7 +94,15 @@ def changes_in_force(
     conn: Connection, account_id: str, at: datetime | None, subject: str | None = None
 ) -> dict[ChangeKey, Change[Any]]:
     """The account's changes in force at `at` (None: the latest), one per record's field."""
-    query = select(m.SettingChange.__table__).where(m.SettingChange.account_id == account_id)
+    return _changes_in_force_of(conn, [account_id], at, subject)
+
+
+def _changes_in_force_of(
+    conn: Connection, account_ids: Sequence[str], at: datetime | None, subject: str | None = None
+) -> dict[ChangeKey, Change[Any]]:
+    """`changes_in_force` of several accounts at once (a key names its record, and a record
+    belongs to one account, so the accounts' answers do not mix)."""
+    query = select(m.SettingChange.__table__).where(_of(m.SettingChange.account_id, account_ids))
     if at is not None:
         query = query.where(m.SettingChange.effective_at <= at)
     if subject is not None:
@@ -153,8 +162,12 @@ def list_accounts(conn: Connection, account_ids: Iterable[str] | None = None) ->
 
 
 def _cards(conn: Connection, account_id: str) -> dict[str, Card]:
+    return _cards_of(conn, [account_id])
+
+
+def _cards_of(conn: Connection, account_ids: Sequence[str]) -> dict[str, Card]:
     rows = conn.execute(
-        select(m.PaymentMethod.__table__).where(m.PaymentMethod.account_id == account_id)
+        select(m.PaymentMethod.__table__).where(_of(m.PaymentMethod.account_id, account_ids))
     )
     return {
         r.id: Card(
@@ -203,32 +216,55 @@ CLIENT_SETTINGS_COLUMNS = (
 def load_practice(conn: Connection, account_id: str, at: datetime | None = None) -> Practice:
     """The practice as it stood at instant `at` (None: with every change recorded): each
     setting, billing contact and card in force then (a change at `at` is in force)."""
-    in_force = changes_in_force(conn, account_id, at)
-    account = _account_view(
-        conn.execute(select(m.Account.__table__).where(m.Account.id == account_id)).one(),
-        in_force,
-    )
-    cards = _cards(conn, account_id)
-    contacts = {}
+    return load_practices(conn, [account_id], at)[account_id]
+
+
+def _of(column: Any, ids: Sequence[str]) -> Any:
+    """`column = id` for one id (the query one practice always made), else `IN`."""
+    return column == ids[0] if len(ids) == 1 else column.in_(list(ids))
+
+
+def load_practices(
+    conn: Connection, account_ids: Sequence[str], at: datetime | None = None
+) -> dict[str, Practice]:
+    """`load_practice` of several practices as they stood at the same instant, in five
+    queries whatever their number (practices in one zone share their nights' instants)."""
+    ids = list(account_ids)
+    if not ids:
+        return {}
+    in_force = _changes_in_force_of(conn, ids, at)
+    # Each record's own changes, found by key (not by a scan of every change per record).
+    own: dict[tuple[str, str], dict[str, Change[Any]]] = {}
+    for (subject, subject_id, name), change in in_force.items():
+        own.setdefault((subject, subject_id), {})[name] = change
+    of_accounts = {k: c for k, c in in_force.items() if k[0] == ACCOUNT}
+    accounts = {
+        r.id: _account_view(r, of_accounts)
+        for r in conn.execute(select(m.Account.__table__).where(_of(m.Account.id, ids)))
+    }
+    missing = [a for a in ids if a not in accounts]
+    if missing:  # as `.one()` did for one practice
+        raise NoResultFound(f"no account {missing[0]}")
+    cards = _cards_of(conn, ids)
+    contacts: dict[str, dict[str, ContactView]] = {a: {} for a in ids}
     for r in conn.execute(
         select(
             m.BillingContact.id,
+            m.BillingContact.account_id,
             m.BillingContact.autopay_enabled,
             m.BillingContact.payment_method_id,
-        ).where(m.BillingContact.account_id == account_id)
+        ).where(_of(m.BillingContact.account_id, ids))
     ):
         values = overlay(
-            {f: getattr(r, f) for f in CONTACT_FIELDS}, _own(in_force, BILLING_CONTACT, r.id)
+            {f: getattr(r, f) for f in CONTACT_FIELDS}, own.get((BILLING_CONTACT, r.id), {})
         )
-        contacts[r.id] = ContactView(
+        contacts[r.account_id][r.id] = ContactView(
             r.id, bool(values["autopay_enabled"]), cards.get(values["payment_method_id"])
         )
-    clients = {}
-    for c in conn.execute(
-        select(*CLIENT_SETTINGS_COLUMNS).where(m.Client.account_id == account_id)
-    ):
-        values = overlay({f: getattr(c, f) for f in CLIENT_FIELDS}, _own(in_force, CLIENT, c.id))
-        clients[c.id] = ClientView(
+    clients: dict[str, dict[str, ClientView]] = {a: {} for a in ids}
+    for c in conn.execute(select(*CLIENT_SETTINGS_COLUMNS).where(_of(m.Client.account_id, ids))):
+        values = overlay({f: getattr(c, f) for f in CLIENT_FIELDS}, own.get((CLIENT, c.id), {}))
+        clients[c.account_id][c.id] = ClientView(
             id=c.id,
             account_id=c.account_id,
             billing_contact_id=values["billing_contact_id"],
@@ -238,7 +274,7 @@ def load_practice(conn: Connection, account_id: str, at: datetime | None = None)
             sharing=_sharing(values),
             card=cards.get(values["payment_method_id"]),
         )
-    return Practice(account, clients, contacts)
+    return {a: Practice(accounts[a], clients[a], contacts[a]) for a in ids}
 
 
 def services_from_json(items: Iterable[Mapping[str, Any]]) -> tuple[Service, ...]:
@@ -336,6 +372,37 @@ def load_sessions(
                 m.SessionRow.starts_at < starts_before,
             )
         )
+        .order_by(m.SessionRow.starts_at, m.SessionRow.id)
+    ).all()
+    return _with_services(conn, srows, at)
+
+
+def load_sessions_of_accounts(
+    conn: Connection,
+    account_ids: Sequence[str],
+    starts_from: datetime,
+    starts_before: datetime,
+    at: datetime | None = None,
+    *,
+    leave_out_billed_native: bool = False,
+) -> list[Session]:
+    """`load_sessions` of every client of these accounts (a join, not a list of clients).
+    `leave_out_billed_native`: without the native sessions already on a bill (most of a
+    look-back window), which a night neither bills nor flags."""
+    if not account_ids:
+        return []
+    clients = select(m.Client.id).where(_of(m.Client.account_id, account_ids))
+    where = [
+        m.SessionRow.client_id.in_(clients),
+        m.SessionRow.starts_at >= starts_from,
+        m.SessionRow.starts_at < starts_before,
+    ]
+    if leave_out_billed_native:
+        billed = select(m.BillSession.session_id).where(m.BillSession.session_id == m.SessionRow.id)
+        where.append(or_(~billed.exists(), m.SessionRow.source != SessionSource.NATIVE.value))
+    srows = conn.execute(
+        select(m.SessionRow.__table__)
+        .where(and_(*where))
         .order_by(m.SessionRow.starts_at, m.SessionRow.id)
     ).all()
     return _with_services(conn, srows, at)

@@ -7,8 +7,10 @@ never recorded. It returns frozen results; it never raises for a decline.
 Two facts shape the charge loop. localstripe ignores `Idempotency-Key` (Stripe honours it), so
 after a failure that may have reached Stripe (a timeout, a dropped connection, a 5xx) we look
 for the attempt's PaymentIntent before sending again: the guarantee comes from our records and
-Stripe's state, not from the header. And localstripe has no Search and no `customer=` or
-`created` filter on PaymentIntents, so lookups list and filter on our metadata.
+Stripe's state, not from the header. Lookups ask Stripe for one customer's intents (and, after
+a failed create, only those created since the call began), never the account's whole history;
+localstripe has no Search and no `customer=` or `created` filter on PaymentIntents (it answers
+400), so there they list everything and filter on our metadata.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar, cast
 
 import dagster as dg
@@ -34,6 +36,8 @@ T = TypeVar("T")
 
 # Metadata keys we put on every PaymentIntent: ids only, never a name (no PHI in Stripe).
 META_ATTEMPT = "attempt_id"
+# How far Stripe's clock may be behind ours when we ask for intents created since an instant.
+CLOCK_SKEW = timedelta(minutes=10)
 META_KEY = "idempotency_key"
 META_CLIENT = "client_id"
 META_ACCOUNT = "account_id"
@@ -247,6 +251,8 @@ class Payments(dg.ConfigurableResource):
 
     _client: stripe.StripeClient | None = PrivateAttr(default=None)
     _limiter: _RateLimiter | None = PrivateAttr(default=None)
+    # Set once the server refused list filters (localstripe): then lookups list everything.
+    _no_list_filters: bool = PrivateAttr(default=False)
 
     def _key(self) -> str | None:
         return self.api_key or os.environ.get(self.api_key_env_var) or None
@@ -351,14 +357,21 @@ class Payments(dg.ConfigurableResource):
         }
         maybe_sent = False
         last_code = "stripe_unreachable"
+        call_started = datetime.now(UTC)
         for attempt in range(self.attempts_per_call):
             if maybe_sent:
                 try:
+                    # Made, if at all, by this call: the customer's intents since it began
+                    # (less a margin for the clocks), not the account's history.
                     found = self.find_intent(
                         request.attempt_id,
                         request.idempotency_key,
                         request.stripe_customer_id,
-                        self.intents_with_metadata(tries=1),
+                        self.intents_with_metadata(
+                            tries=1,
+                            customer=request.stripe_customer_id,
+                            created_since=call_started - CLOCK_SKEW,
+                        ),
                     )
                 except StripeUnavailable:
                     continue
@@ -529,19 +542,45 @@ class Payments(dg.ConfigurableResource):
             raise
         return _state(pi)
 
-    def intents_with_metadata(self, tries: int | None = None) -> list[IntentState]:
-        """Every PaymentIntent that carries our attempt metadata (localstripe has no Search
-        and no filter on metadata or customer, so we list them all and filter)."""
+    def intents_with_metadata(
+        self,
+        tries: int | None = None,
+        *,
+        customer: str | None = None,
+        created_since: datetime | None = None,
+    ) -> list[IntentState]:
+        """The PaymentIntents that carry our attempt metadata, of `customer` and created at or
+        after `created_since` when given: Stripe filters by them (`customer=`, `created[gte]`),
+        so a lookup reads one customer's recent intents, not the account's whole history.
+        A server that refuses those filters (localstripe answers 400) is listed whole and
+        filtered here, and is not asked with filters again by this resource."""
         client = self._stripe()
+        params: dict[str, Any] = {"limit": 100}
+        if customer is not None:
+            params["customer"] = customer
+        if created_since is not None:
+            params["created"] = {"gte": int(created_since.timestamp())}
 
-        def every_page() -> list[IntentState]:
-            page = client.v1.payment_intents.list(params={"limit": 100})
+        def every_page(params: dict[str, Any]) -> list[IntentState]:
+            page = client.v1.payment_intents.list(params=cast(Any, params))
             return [_state(pi) for pi in page.auto_paging_iter()]
 
+        found: list[IntentState] | None = None
+        if len(params) > 1 and not self._no_list_filters:
+            try:
+                found = self._lookup(lambda: every_page(params), tries)
+            except stripe.InvalidRequestError as err:
+                if err.http_status != 400:
+                    raise
+                self._no_list_filters = True  # localstripe: no such filters
+        if found is None:
+            found = self._lookup(lambda: every_page({"limit": 100}), tries)
         return [
             s
-            for s in self._lookup(every_page, tries)
-            if s.metadata.get(META_ATTEMPT) and s.metadata.get(META_KEY)
+            for s in found
+            if s.metadata.get(META_ATTEMPT)
+            and s.metadata.get(META_KEY)
+            and (customer is None or s.customer == customer)
         ]
 
     def find_intent(

@@ -52,7 +52,6 @@ from billing_pipeline.resources.payments import (
     META_NIGHT,
     ChargeRequest,
     ChargeResult,
-    IntentState,
     Payments,
     StripeUnavailable,
 )
@@ -117,7 +116,6 @@ def reconcile_pending(
     dead = [p for p in mine if owner_gone(p)]
     if len(dead) < len(mine):
         done.add("pending_in_another_run", len(mine) - len(dead))
-    listed: list[IntentState] | None = None
     for attempt in dead:
         if not db.transact(
             partial(
@@ -134,8 +132,10 @@ def reconcile_pending(
             if attempt.stripe_payment_intent_id:
                 state = payments.retrieve_intent(attempt.stripe_payment_intent_id)
             if state is None:
-                if listed is None:
-                    listed = payments.intents_with_metadata()
+                # The customer's intents only (Stripe filters them; localstripe cannot, and
+                # is listed whole). Not by `created`: a take-over moves `claimed_at` on, and
+                # the intent may be older than the latest claim.
+                listed = payments.intents_with_metadata(customer=attempt.stripe_customer_id)
                 state = payments.find_intent(
                     attempt.id, attempt.idempotency_key, attempt.stripe_customer_id, listed
                 )

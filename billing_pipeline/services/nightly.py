@@ -6,6 +6,7 @@ refuse it and the caller retries the transaction, which then finds the work done
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
@@ -15,9 +16,10 @@ from billing_pipeline.db import models as m
 from billing_pipeline.db import nightly as q
 from billing_pipeline.db.store import (
     billed_session_ids,
-    load_practice,
+    load_practices,
     load_sessions,
     load_sessions_by_ids,
+    load_sessions_of_accounts,
 )
 from billing_pipeline.domain import calendar as cal
 from billing_pipeline.domain.billing import plan_bills
@@ -61,51 +63,71 @@ class NightFigures:
         self.counts[key] += n
 
 
-def _window_sessions(conn: Connection, practice: Practice, night: date) -> list[Session]:
-    """The sessions of the night's look-back, with their services in force at the night's
-    00:00 (a CPT code added later is not seen by an earlier night)."""
-    tz = practice.account.timezone
-    midnight = cal.bills_instant(night, tz)
-    return load_sessions(
-        conn,
-        list(practice.clients),
-        cal.start_of_day(cal.lookback_start(night), tz),
-        midnight,
-        at=midnight,
-    )
+def _by_zone(practices: Sequence[Practice]) -> dict[str, list[Practice]]:
+    """Practices grouped by timezone, in their order: a zone's practices share the night's
+    instants, so one query answers for all of them."""
+    zones: dict[str, list[Practice]] = {}
+    for p in practices:
+        zones.setdefault(p.account.timezone, []).append(p)
+    return zones
+
+
+def eligible_for_nights(
+    conn: Connection, practices: Sequence[Practice], night: date
+) -> dict[str, tuple[list[Session], list[Session]]]:
+    """{account id: (sessions this night bills, imported sessions without CPT codes it
+    flags)}: the sessions of the night's look-back, with their services in force at the
+    night's 00:00 (a CPT code added later is not seen by an earlier night)."""
+    found: dict[str, tuple[list[Session], list[Session]]] = {
+        p.account.id: ([], []) for p in practices
+    }
+    for tz, group in _by_zone(practices).items():
+        midnight = cal.bills_instant(night, tz)
+        owner = {cid: p for p in group for cid in p.clients}
+        sessions = load_sessions_of_accounts(
+            conn,
+            [p.account.id for p in group],
+            cal.start_of_day(cal.lookback_start(night), tz),
+            midnight,
+            at=midnight,
+            # A native session on a bill is neither billed again nor flagged: not read.
+            leave_out_billed_native=True,
+        )
+        billed = billed_session_ids(conn, [s.id for s in sessions])
+        for s in sessions:
+            practice = owner[s.client_id]
+            eligible, flagged = found[practice.account.id]
+            auto_bill = practice.clients[s.client_id].auto_bill
+            if why_not_eligible(s, tz, night, auto_bill=auto_bill, billed=s.id in billed) is None:
+                eligible.append(s)
+            if needs_cpt_flag(s, tz, night):
+                flagged.append(s)
+    return found
 
 
 def eligible_for_night(
     conn: Connection, practice: Practice, night: date
 ) -> tuple[list[Session], list[Session]]:
     """(sessions this night bills, imported sessions without CPT codes it flags)."""
-    tz = practice.account.timezone
-    sessions = _window_sessions(conn, practice, night)
-    billed = billed_session_ids(conn, [s.id for s in sessions])
-    eligible = [
-        s
-        for s in sessions
-        if why_not_eligible(
-            s, tz, night, auto_bill=practice.clients[s.client_id].auto_bill, billed=s.id in billed
-        )
-        is None
-    ]
-    flagged = [s for s in sessions if needs_cpt_flag(s, tz, night)]
-    return eligible, flagged
+    return eligible_for_nights(conn, [practice], night)[practice.account.id]
 
 
 def record_eligible_sessions(conn: Connection, practice: Practice, night: date) -> NightFigures:
     """Replace the night's eligible-session rows for the account and flag imported sessions
     without CPT codes (each flagged once, on the first night that meets it)."""
-    account = practice.account
-    figures = NightFigures(account.id, night)
-    eligible, flagged = eligible_for_night(conn, practice, night)
-    q.replace_rows(
-        conn,
-        m.EligibleSession,
-        account.id,
-        night,
-        [
+    return record_eligible_sessions_of(conn, [practice], night)[0]
+
+
+def record_eligible_sessions_of(
+    conn: Connection, practices: Sequence[Practice], night: date
+) -> list[NightFigures]:
+    """`record_eligible_sessions` for several practices in a few statements: one read of
+    their sessions per zone, one DELETE and one INSERT of the rows, one of the flags."""
+    found = eligible_for_nights(conn, practices, night)
+    rows: list[dict[str, object]] = []
+    for practice in practices:
+        account = practice.account
+        rows.extend(
             {
                 "night": night,
                 "session_id": s.id,
@@ -114,14 +136,18 @@ def record_eligible_sessions(conn: Connection, practice: Practice, night: date) 
                 "session_date": s.local_date(account.timezone),
                 "amount_cents": s.billable_amount_cents,
             }
-            for s in eligible
-        ],
-    )
-    known = q.flagged_session_ids(conn, IMPORTED_MISSING_CPT, [s.id for s in flagged])
-    new_flags = [s for s in flagged if s.id not in known]
-    q.insert_flags(
-        conn,
-        [
+            for s in found[account.id][0]
+        )
+    q.replace_rows(conn, m.EligibleSession, [p.account.id for p in practices], night, rows)
+    all_flagged = [s.id for p in practices for s in found[p.account.id][1]]
+    known = q.flagged_session_ids(conn, IMPORTED_MISSING_CPT, all_flagged)
+    flags: list[dict[str, object]] = []
+    out = []
+    for practice in practices:
+        account = practice.account
+        eligible, flagged = found[account.id]
+        new_flags = [s for s in flagged if s.id not in known]
+        flags.extend(
             {
                 "check": IMPORTED_MISSING_CPT,
                 "session_id": s.id,
@@ -130,15 +156,23 @@ def record_eligible_sessions(conn: Connection, practice: Practice, night: date) 
                 "first_night": night,
             }
             for s in new_flags
-        ],
+        )
+        figures = NightFigures(account.id, night)
+        figures.add("eligible_sessions", len(eligible))
+        figures.add("imported_sessions_missing_cpt", len(flagged))
+        figures.add("new_flags", len(new_flags))
+        figures.amount_cents = sum(s.billable_amount_cents for s in eligible)
+        figures.ids = [s.id for s in flagged]
+        out.append(figures)
+    q.insert_flags(conn, flags)
+    q.mark_steps(
+        conn,
+        [(p.account.id, cal.bills_instant(night, p.account.timezone)) for p in practices],
+        night,
+        ELIGIBLE,
+        None,
     )
-    q.mark_step(conn, account.id, night, ELIGIBLE, cal.bills_instant(night, account.timezone), None)
-    figures.add("eligible_sessions", len(eligible))
-    figures.add("imported_sessions_missing_cpt", len(flagged))
-    figures.add("new_flags", len(new_flags))
-    figures.amount_cents = sum(s.billable_amount_cents for s in eligible)
-    figures.ids = [s.id for s in flagged]
-    return figures
+    return out
 
 
 def decide_autopay(practice: Practice, client: ClientView, night: date) -> AutopayDecision:
@@ -157,44 +191,99 @@ def decide_autopay(practice: Practice, client: ClientView, night: date) -> Autop
 def record_resolved_settings(conn: Connection, practice: Practice, night: date) -> NightFigures:
     """Write each client's settings as this night applies them (`practice` as of its 00:00),
     with AutoPay's decision as of its 00:30 (the switches, contact and card in force then)."""
-    account = practice.account
-    figures = NightFigures(account.id, night)
-    at_autopay = load_practice(conn, account.id, cal.autopay_instant(night, account.timezone))
+    return record_resolved_settings_of(conn, [practice], night)[0]
+
+
+def record_resolved_settings_of(
+    conn: Connection, practices: Sequence[Practice], night: date
+) -> list[NightFigures]:
+    """`record_resolved_settings` for several practices: each read again as of its 00:30
+    (five queries per zone), one DELETE and one INSERT of all their rows."""
+    at_autopay: dict[str, Practice] = {}
+    for tz, group in _by_zone(practices).items():
+        at_autopay.update(
+            load_practices(conn, [p.account.id for p in group], cal.autopay_instant(night, tz))
+        )
     rows = []
-    for client in practice.clients.values():
-        decision = decide_autopay(at_autopay, at_autopay.clients[client.id], night)
-        rows.append(
-            {
-                "night": night,
-                "client_id": client.id,
-                "account_id": account.id,
-                "bill_creation": account.bill_creation.value,
-                "auto_bill": client.auto_bill,
-                "superbills_enabled": client.superbills_enabled,
-                "autopay_runs": decision.runs,
-                "autopay_reason": decision.reason.value,
-                "payer": decision.payer_kind,
-                "payer_id": decision.payer.id,
-                "payer_payment_method_id": decision.card.payment_method_id
-                if decision.card
-                else None,
-                **client.sharing.as_dict(),
-            }
-        )
-        figures.add(f"autopay_{decision.reason.value}")
-        warnings = settings_warnings(
-            client_id=client.id,
-            bill_creation=account.bill_creation,
-            account_autopay=account.autopay_enabled,
-            client_autopay=client.autopay_enabled,
-            sharing=client.sharing,
-        )
-        figures.add("settings_warnings", len(warnings))
-        figures.ids.extend(w.client_id for w in warnings)
-    q.replace_rows(conn, m.ResolvedSettings, account.id, night, rows)
-    q.mark_step(conn, account.id, night, RESOLVED, cal.bills_instant(night, account.timezone), None)
-    figures.add("clients", len(rows))
-    return figures
+    out = []
+    for practice in practices:
+        account = practice.account
+        figures = NightFigures(account.id, night)
+        later = at_autopay[account.id]
+        n = 0
+        for client in practice.clients.values():
+            decision = decide_autopay(later, later.clients[client.id], night)
+            rows.append(
+                {
+                    "night": night,
+                    "client_id": client.id,
+                    "account_id": account.id,
+                    "bill_creation": account.bill_creation.value,
+                    "auto_bill": client.auto_bill,
+                    "superbills_enabled": client.superbills_enabled,
+                    "autopay_runs": decision.runs,
+                    "autopay_reason": decision.reason.value,
+                    "payer": decision.payer_kind,
+                    "payer_id": decision.payer.id,
+                    "payer_payment_method_id": decision.card.payment_method_id
+                    if decision.card
+                    else None,
+                    **client.sharing.as_dict(),
+                }
+            )
+            n += 1
+            figures.add(f"autopay_{decision.reason.value}")
+            warnings = settings_warnings(
+                client_id=client.id,
+                bill_creation=account.bill_creation,
+                account_autopay=account.autopay_enabled,
+                client_autopay=client.autopay_enabled,
+                sharing=client.sharing,
+            )
+            figures.add("settings_warnings", len(warnings))
+            figures.ids.extend(w.client_id for w in warnings)
+        figures.add("clients", n)
+        out.append(figures)
+    q.replace_rows(conn, m.ResolvedSettings, [p.account.id for p in practices], night, rows)
+    q.mark_steps(
+        conn,
+        [(p.account.id, cal.bills_instant(night, p.account.timezone)) for p in practices],
+        night,
+        RESOLVED,
+        None,
+    )
+    return out
+
+
+def _planned_delivery(
+    practice: Practice,
+    client: ClientView,
+    kind: DocumentType,
+    document_id: int,
+    night: date,
+    created_at: datetime,
+) -> dict[str, object] | None:
+    """The delivery row of a new document, or None when it is not shared."""
+    planned = plan_delivery(
+        kind,
+        created_at,
+        client.sharing,
+        has_billing_contact=client.billing_contact_id is not None,
+        autopay_at=cal.autopay_instant(night, practice.account.timezone),
+    )
+    if planned is None:
+        return None
+    return {
+        "document_type": kind.value,
+        "document_id": document_id,
+        "account_id": practice.account.id,
+        "client_id": client.id,
+        "night": night,
+        "recipient": planned.recipient,
+        "recipient_id": client.billing_contact_id or client.id,
+        "scheduled_at": planned.scheduled_at,
+        "wait_for_autopay": planned.wait_for_autopay,
+    }
 
 
 def _queue_delivery(
@@ -206,27 +295,10 @@ def _queue_delivery(
     night: date,
     created_at: datetime,
 ) -> bool:
-    planned = plan_delivery(
-        kind,
-        created_at,
-        client.sharing,
-        has_billing_contact=client.billing_contact_id is not None,
-        autopay_at=cal.autopay_instant(night, practice.account.timezone),
-    )
-    if planned is None:
+    row = _planned_delivery(practice, client, kind, document_id, night, created_at)
+    if row is None:
         return False
-    q.insert_delivery(
-        conn,
-        document_type=kind.value,
-        document_id=document_id,
-        account_id=practice.account.id,
-        client_id=client.id,
-        night=night,
-        recipient=planned.recipient,
-        recipient_id=client.billing_contact_id or client.id,
-        scheduled_at=planned.scheduled_at,
-        wait_for_autopay=planned.wait_for_autopay,
-    )
+    q.insert_delivery(conn, **row)
     return True
 
 
@@ -241,30 +313,66 @@ def create_bills(
     decided there, once), daily or monthly at month end, leaving out any that a bill took
     since (an earlier night of the same run, or another run); queue each bill's delivery in
     the same transaction, then mark the night's bills step done."""
-    figures = NightFigures(practice.account.id, night)
-    if not (
-        q.step_done(conn, practice.account.id, night, ELIGIBLE)
-        and q.step_done(conn, practice.account.id, night, RESOLVED)
-    ):
-        # The night's eligible sessions or settings were not written (that step failed for
-        # the practice): nothing is billed and the step is not done, so it runs again.
-        figures.add(ELIGIBLE_NOT_LISTED)
-        return figures
-    listed = q.eligible_session_ids(conn, practice.account.id, night)
-    billed = billed_session_ids(conn, listed)
-    # Services as in force at the bills' instant, as eligibility read them.
-    midnight = cal.bills_instant(night, practice.account.timezone)
-    eligible = load_sessions_by_ids(conn, [sid for sid in listed if sid not in billed], midnight)
-    for bill in plan_bills(practice.account.bill_creation, night, eligible):
-        bill_id = q.insert_bill(conn, practice.account.id, night, created_at, bill)
-        figures.add("bills")
-        figures.amount_cents += bill.amount_cents
-        figures.ids.append(str(bill_id))
-        client = practice.clients[bill.client_id]
-        if _queue_delivery(conn, practice, client, DocumentType.BILL, bill_id, night, created_at):
-            figures.add("deliveries_queued")
-    q.mark_step(conn, practice.account.id, night, Step.BILLS, created_at, run_id)
-    return figures
+    return create_bills_of(conn, [(practice, created_at)], night, run_id)[0]
+
+
+def create_bills_of(
+    conn: Connection,
+    practices: Sequence[tuple[Practice, datetime]],
+    night: date,
+    run_id: str | None = None,
+) -> list[NightFigures]:
+    """`create_bills` for several practices (each with its bills instant): a few statements
+    for all of them, whatever their number of bills."""
+    ids = [p.account.id for p, _ in practices]
+    done = q.steps_done(conn, ids, night, [ELIGIBLE, RESOLVED])
+    ready = [
+        (p, at)
+        for p, at in practices
+        if (p.account.id, ELIGIBLE) in done and (p.account.id, RESOLVED) in done
+    ]
+    listed = q.eligible_session_ids_of(conn, [p.account.id for p, _ in ready], night)
+    billed = billed_session_ids(conn, [sid for found in listed.values() for sid in found])
+    sessions: dict[str, list[Session]] = {p.account.id: [] for p, _ in ready}
+    for tz, group in _by_zone([p for p, _ in ready]).items():
+        owner = {sid: p.account.id for p in group for sid in listed[p.account.id]}
+        # Services as in force at the bills' instant, as eligibility read them.
+        for s in load_sessions_by_ids(
+            conn, [sid for sid in owner if sid not in billed], cal.bills_instant(night, tz)
+        ):
+            sessions[owner[s.id]].append(s)
+    new = [
+        q.NewBill(p.account.id, at, bill)
+        for p, at in ready
+        for bill in plan_bills(p.account.bill_creation, night, sessions[p.account.id])
+    ]
+    # All the bills, then all their deliveries: a few statements, not four per bill.
+    bill_ids = q.insert_bills(conn, night, new)
+    by_id = {p.account.id: p for p, _ in practices}
+    figures = {a: NightFigures(a, night) for a in ids}
+    deliveries = []
+    for bill_id, made in zip(bill_ids, new, strict=True):
+        practice = by_id[made.account_id]
+        f = figures[made.account_id]
+        f.add("bills")
+        f.amount_cents += made.bill.amount_cents
+        f.ids.append(str(bill_id))
+        client = practice.clients[made.bill.client_id]
+        row = _planned_delivery(
+            practice, client, DocumentType.BILL, bill_id, night, made.created_at
+        )
+        if row is not None:
+            deliveries.append(row)
+            f.add("deliveries_queued")
+    q.insert_deliveries(conn, deliveries)
+    ready_ids = {p.account.id for p, _ in ready}
+    for practice, _ in practices:
+        if practice.account.id not in ready_ids:
+            # The night's eligible sessions or settings were not written (that step failed
+            # for the practice): nothing is billed and the step is not done, so it runs again.
+            figures[practice.account.id].add(ELIGIBLE_NOT_LISTED)
+    q.mark_steps(conn, [(p.account.id, at) for p, at in ready], night, Step.BILLS, run_id)
+    return [figures[a] for a in ids]
 
 
 def create_superbills(
@@ -356,11 +464,26 @@ def create_statements(
 def release_deliveries(conn: Connection, account_id: str, night: date) -> NightFigures:
     """After the night's AutoPay: bills held for it may now be shared. If that AutoPay did not
     run (it failed, or was skipped), they stay held: a bill is never shared before AutoPay."""
-    figures = NightFigures(account_id, night)
-    if not q.step_done(conn, account_id, night, Step.AUTOPAY):
-        figures.add("held_autopay_not_run", q.held_deliveries(conn, account_id, night))
-        return figures
-    figures.add("released_after_autopay", q.release_held_deliveries(conn, account_id, night))
-    for kind, n in q.deliveries_by_type(conn, account_id, night).items():
-        figures.add(f"{kind}_deliveries", n)
-    return figures
+    return release_deliveries_of(conn, [account_id], night)[0]
+
+
+def release_deliveries_of(
+    conn: Connection, account_ids: Sequence[str], night: date
+) -> list[NightFigures]:
+    """`release_deliveries` for several practices in four statements."""
+    done = q.steps_done(conn, account_ids, night, [Step.AUTOPAY])
+    ran = [a for a in account_ids if (a, str(Step.AUTOPAY)) in done]
+    held = q.held_deliveries_of(conn, [a for a in account_ids if a not in ran], night)
+    released = q.release_held_deliveries_of(conn, ran, night)
+    kinds = q.deliveries_by_type_of(conn, ran, night)
+    out = []
+    for account_id in account_ids:
+        figures = NightFigures(account_id, night)
+        if account_id not in released:
+            figures.add("held_autopay_not_run", held[account_id])
+        else:
+            figures.add("released_after_autopay", released[account_id])
+            for kind, n in kinds[account_id].items():
+                figures.add(f"{kind}_deliveries", n)
+        out.append(figures)
+    return out

@@ -48,7 +48,12 @@ NOT_NIGHTLY = {"night_ledger"}
 # Dagster binds a default `io_manager` to every job; the assets return nothing to store.
 DAGSTER_DEFAULTS = {"io_manager"}
 # The helpers that run a step for each (night, practice) and fill `failed` for the check.
-PER_PRACTICE_HELPERS = {"for_each_night", "for_each_practice_night"}
+PER_PRACTICE_HELPERS = {
+    "for_each_night",
+    "for_each_practice_night",
+    "for_each_night_of",
+    "for_each_account_night_of",
+}
 # Assets that do not walk the practices' nights, with why they have no per-practice check.
 NOT_PER_PRACTICE = {
     # A dry run (services/preview.py) that writes nothing: nothing of a practice's night is
