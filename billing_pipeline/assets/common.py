@@ -13,6 +13,7 @@ from functools import partial
 import dagster as dg
 from sqlalchemy import Connection
 
+from billing_pipeline.config import whole_number_setting
 from billing_pipeline.db.catchup import note_failure
 from billing_pipeline.db.models import Base
 from billing_pipeline.db.store import list_accounts, load_practice, load_practices
@@ -272,9 +273,8 @@ def _batch_size() -> int:
         # The test-only fault hook counts the times each practice's work is reached: keep
         # to one practice per transaction, as the hook's tests expect.
         return 1
-    return max(
-        1,
-        int(os.environ.get("BILLING_PRACTICES_PER_TRANSACTION") or 0) or PRACTICES_PER_TRANSACTION,
+    return whole_number_setting(
+        "BILLING_PRACTICES_PER_TRANSACTION", PRACTICES_PER_TRANSACTION, 1, 100_000
     )
 
 
