@@ -205,16 +205,7 @@ def for_each_practice_night(
                 step_fault(context.asset_key.to_user_string(), account.id, night.isoformat())
                 figures.append(work(account, night, scheduled))
             except Exception as exc:
-                # The exception's text may quote row values: only its type is logged, unless
-                # it is a SafeMessageError, built to carry no PHI (a database that is busy
-                # names its tables and timeout, one that does not answer its host).
-                why = str(exc) if isinstance(exc, SafeMessageError) else type(exc).__name__
-                failed[account.id] = f"{night}: {why}"
-                context.log.error(
-                    f"practice {account.id} night {night} failed ({why}); "
-                    "its work was rolled back, other practices go on"
-                )
-                _note_failure(context, db, clock, account, night, step, why)
+                _fail(context, db, clock, step, failed, account, night, exc)
     return figures
 
 
@@ -393,8 +384,10 @@ def _fail(
     night: date,
     exc: Exception,
 ) -> None:
-    """As `for_each_practice_night` reports a practice's failure (its type only, unless the
-    message is built to carry no PHI)."""
+    """Report a practice's failed night: named in `failed` for the `every_practice_done`
+    check, logged and noted for the ledger. The exception's text may quote row values: only its
+    type is logged, unless it is a SafeMessageError, built to carry no PHI (a database that is
+    busy names its tables and timeout, one that does not answer its host)."""
     why = str(exc) if isinstance(exc, SafeMessageError) else type(exc).__name__
     failed[account.id] = f"{night}: {why}"
     context.log.error(

@@ -14,7 +14,7 @@ The lists have the shapes of report.schema.json; ids, amounts and instants only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -58,45 +58,41 @@ def _iso(value: datetime | None) -> str | None:
 NightStep = Callable[[Connection, Practice, date, datetime], NightFigures]
 
 
+def _made(conn: Connection, model: Any, account_id: str, night: date) -> list[Any]:
+    """The rows of `model` (a night's table) that the practice's night made, by id."""
+    return list(
+        conn.execute(
+            select(model.__table__)
+            .where(and_(model.account_id == account_id, model.night == night))
+            .order_by(model.id)
+        ).all()
+    )
+
+
+def _session_ids(
+    conn: Connection, owner: Any, session: Any, rows: Sequence[Any]
+) -> dict[int, list[str]]:
+    """Session ids per document id, from a link table (`owner`, `session` columns)."""
+    out: dict[int, list[str]] = {}
+    if rows:
+        for owner_id, session_id in conn.execute(
+            select(owner, session).where(owner.in_([r.id for r in rows]))
+        ):
+            out.setdefault(owner_id, []).append(session_id)
+    return out
+
+
 def _night_rows(conn: Connection, account_id: str, night: date) -> dict[str, Any]:
     """What the practice's night made (bills, superbills, statements, deliveries) with the
     AutoPay attempts of the night, in the report's shapes with our ids left null."""
-    bills = conn.execute(
-        select(m.Bill.__table__)
-        .where(and_(m.Bill.account_id == account_id, m.Bill.night == night))
-        .order_by(m.Bill.id)
-    ).all()
-    sessions: dict[int, list[str]] = {}
-    if bills:
-        for r in conn.execute(
-            select(m.BillSession.bill_id, m.BillSession.session_id).where(
-                m.BillSession.bill_id.in_([b.id for b in bills])
-            )
-        ):
-            sessions.setdefault(r.bill_id, []).append(r.session_id)
-    superbills = conn.execute(
-        select(m.Superbill.__table__)
-        .where(and_(m.Superbill.account_id == account_id, m.Superbill.night == night))
-        .order_by(m.Superbill.id)
-    ).all()
-    sb_sessions: dict[int, list[str]] = {}
-    if superbills:
-        for r in conn.execute(
-            select(m.SuperbillSession.superbill_id, m.SuperbillSession.session_id).where(
-                m.SuperbillSession.superbill_id.in_([s.id for s in superbills])
-            )
-        ):
-            sb_sessions.setdefault(r.superbill_id, []).append(r.session_id)
-    statements = conn.execute(
-        select(m.Statement.__table__)
-        .where(and_(m.Statement.account_id == account_id, m.Statement.night == night))
-        .order_by(m.Statement.id)
-    ).all()
-    deliveries = conn.execute(
-        select(m.Delivery.__table__)
-        .where(and_(m.Delivery.account_id == account_id, m.Delivery.night == night))
-        .order_by(m.Delivery.id)
-    ).all()
+    bills = _made(conn, m.Bill, account_id, night)
+    sessions = _session_ids(conn, m.BillSession.bill_id, m.BillSession.session_id, bills)
+    superbills = _made(conn, m.Superbill, account_id, night)
+    sb_sessions = _session_ids(
+        conn, m.SuperbillSession.superbill_id, m.SuperbillSession.session_id, superbills
+    )
+    statements = _made(conn, m.Statement, account_id, night)
+    deliveries = _made(conn, m.Delivery, account_id, night)
     return {
         "bills": [
             {
