@@ -57,20 +57,25 @@ _step_fault_hits: dict[str, int] = {}
 
 
 def step_fault(asset: str, account_id: str, night: str) -> None:
-    """TEST-ONLY failure hook for the catch-up tests (tests/assets/test_catch_up.py).
+    """TEST-ONLY failure hook for the catch-up tests (tests/integration/test_catch_up.py).
 
-    With `BILLING_STEP_FAULT=<asset>:<account id>:<night>[@n]` in the environment, the asset's
-    work for that practice's night raises InjectedFault the first n times (default 1) in this
-    process, like a bug or an outage that goes away. Production never sets the variable."""
+    With `BILLING_STEP_FAULT=<asset>:<account id>:<night>[@n]` in the environment (several,
+    separated by commas), the asset's work for that practice's night raises InjectedFault the
+    first n times (default 1) in this process, like a bug or an outage that goes away.
+    Production never sets the variable."""
     spec = os.environ.get(STEP_FAULT_ENV)
     if not spec:
         return
-    target, _, times = spec.partition("@")
-    if target != f"{asset}:{account_id}:{night}":
+    target = f"{asset}:{account_id}:{night}"
+    faults = {}
+    for one in spec.split(","):
+        where, _, times = one.partition("@")
+        faults[where] = int(times or 1)
+    if target not in faults:
         return
     with _fault_lock:
         _step_fault_hits[target] = _step_fault_hits.get(target, 0) + 1
-        fail = _step_fault_hits[target] <= int(times or 1)
+        fail = _step_fault_hits[target] <= faults[target]
     if fail:
         raise InjectedFault(f"injected fault in {asset} for {account_id} night {night}")
 

@@ -3,6 +3,10 @@ shared by the tests that only read the result (the public scenarios' reports, th
 `explain`): a simulation of two months through a SQLite DAGSTER_HOME takes a minute, and three
 files used to repeat the same ones.
 
+Each command is a process of its own, forked from a server that has the project and Dagster
+imported already (tests/integration/forked.py): `python -m billing_pipeline.cli` as a user runs
+it, without 3-5 s of imports per command. The CLI's own tests start it from nothing.
+
 The first test process (xdist worker) that needs a simulation makes it under a file lock in the
 session's shared temporary folder; the others wait for it and read it from there. The
 PostgreSQL databases are dropped when the whole session ends (`drop_shared_databases`, called
@@ -18,14 +22,14 @@ import fcntl
 import json
 import os
 import subprocess
-import sys
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import create_pg_database, drop_pg_database
-from tests.contract.runner import cli, how
+from tests.contract.runner import how
+from tests.integration import forked
 
 # The `simulate` command as the CLI runs it, with Dagster's console logger at DEBUG.
 DEBUG_CLI = """
@@ -37,14 +41,13 @@ main()
 
 
 def debug_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", DEBUG_CLI, *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=300,
-    )
+    """The CLI with Dagster's console logger at DEBUG, in a forked process of its own."""
+    return forked.run_code(DEBUG_CLI, args, env={**os.environ, **env})
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m billing_pipeline.cli *args` in a forked process of its own."""
+    return forked.run_module("billing_pipeline.cli", args, env={**os.environ, **env})
 
 
 def output_of(done: subprocess.CompletedProcess[str]) -> str:

@@ -213,3 +213,22 @@ def a_bill_that_disagrees_with_its_lines_stops_that_nights_autopay(
 def test_great_expectations_is_imported_once_per_process() -> None:
     assert expectations.gx_context() is expectations.gx_context()
     assert bill_delay_leaves_time_for_autopay.check_specs
+
+
+def test_a_frame_without_rows_passes_and_a_bad_row_beside_it_still_fails() -> None:
+    """No rows: nothing to fail (GX is not called for that frame); the counts say 0."""
+    import pandas as pd
+
+    from billing_pipeline.checks.suites import BILLS
+
+    columns = ["bill_id", "amount_cents", "lines_cents", "status"]
+    empty = {
+        "bills": pd.DataFrame(columns=columns),
+        "billed_sessions": pd.DataFrame(columns=["session_id"]),
+    }
+    outcome = expectations.validate("bills", empty, BILLS)
+    assert outcome.passed and outcome.rows == {"bills": 0, "billed_sessions": 0}
+    bad = {**empty, "bills": pd.DataFrame([[7, 100, 90, "open"]], columns=columns)}
+    outcome = expectations.validate("bills", bad, BILLS)
+    assert outcome.failed == {"bill amount equals the sum of its lines": ["7"]}
+    assert outcome.rows == {"bills": 1, "billed_sessions": 0}

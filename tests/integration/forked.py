@@ -102,6 +102,12 @@ PRELOAD = [
     "click",
     "aiohttp.web",
     "localstripe.server",
+    # The expectations' checks (2 s of imports): every nightly run with rows to check needs
+    # them (checks/expectations.py imports them on first use).
+    "pandas",
+    "great_expectations",
+    "great_expectations.expectations",
+    "great_expectations.datasource.fluent",
 ]
 
 
@@ -286,7 +292,18 @@ def run_module(
 ) -> subprocess.CompletedProcess[str]:
     """As `subprocess.run([python, -m, module, *argv], env=env, capture_output=True, text=True,
     timeout=timeout)`: killed, and TimeoutExpired raised, past the timeout."""
-    with start_module(module, argv, env=env, cwd=cwd) as child:
+    return _run(start_module(module, argv, env=env, cwd=cwd), timeout)
+
+
+def run_code(
+    code: str, argv: Sequence[str], *, env: Mapping[str, str], timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """As `subprocess.run([python, -c, code, *argv], ...)`, like `run_module`."""
+    return _run(start_code(code, argv, env=env), timeout)
+
+
+def _run(child: Forked, timeout: float) -> subprocess.CompletedProcess[str]:
+    with child:
         try:
             child.wait(timeout)
             return child.completed()

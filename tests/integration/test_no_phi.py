@@ -61,8 +61,8 @@ from sqlalchemy import create_engine, text
 
 from billing_pipeline.partitions import service_dates
 from tests.conftest import CONTRACT, SCENARIOS
-from tests.contract.runner import cli, cli_in_process, how
-from tests.simulated import Simulations, debug_cli, output_of
+from tests.contract.runner import cli_in_process, how
+from tests.simulated import Simulations, cli, debug_cli, output_of
 
 PACKAGE = Path(__file__).resolve().parents[2] / "billing_pipeline"
 # Public contract scenario with billing contacts, two months (superbills, statements), the
