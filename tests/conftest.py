@@ -182,6 +182,33 @@ def cli_env(database_url: str, localstripe: LocalStripe, tmp_path: Path) -> dict
     }
 
 
+# The longest tests, roughly longest first: they start first, so that the run does not end
+# waiting on one of them while the other workers sit idle (xdist's worksteal hands each worker
+# a contiguous share of the collection in order, and a worker that runs out takes the end of
+# another's share).
+LONGEST_FIRST = (
+    "tests/integration/test_backfill.py",
+    "tests/integration/test_ui_end_to_end.py",
+    "tests/integration/test_catch_up.py",
+    "tests/integration/test_autopay_recovery.py",
+    "tests/integration/test_autopay_concurrency.py",
+    "tests/integration/test_autopay_crashes.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest modules first, then the other slow tests, then the rest (each group in its
+    collection order: every worker must collect the same order)."""
+
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        if path in LONGEST_FIRST:
+            return LONGEST_FIRST.index(path)
+        return len(LONGEST_FIRST) + (0 if item.get_closest_marker("slow") else 1)
+
+    items.sort(key=rank)  # stable: the collection order within a rank
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not (CONTRACT / "check_report.py").is_file():
         raise pytest.UsageError(

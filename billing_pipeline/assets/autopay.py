@@ -40,6 +40,24 @@ from billing_pipeline.services.nightly import NightFigures, create_statements
 UNKNOWN_OUTCOMES = ("left_pending_for_reconciliation", "reconcile_stripe_unavailable")
 
 
+# The figures each night's autopay_attempts shows first (the others follow).
+AUTOPAY_FIGURES = (
+    "attempts",
+    "outcome_succeeded",
+    "outcome_declined",
+    "outcome_requires_action",
+    "outcome_error",
+    "left_pending_for_reconciliation",
+    "reconciled_succeeded",
+    "resent_after_reconciliation",
+    "pending_in_another_run",
+    "already_attempted",
+    "claimed_by_another_run",
+    BILLS_NOT_MADE,
+    HELD_BY_GUARD,
+)
+
+
 class AutopayConfig(dg.Config):
     """How AutoPay holds its claims. A run owns the attempts it claims: a lock that dies with
     its process, and a lease it renews every quarter of `lease_seconds`. The next run settles a
@@ -134,25 +152,7 @@ def autopay_attempts(
     with db.engine.connect() as conn:
         check = no_bill_paid_twice(conn, run_nights(context))
     return dg.MaterializeResult(
-        metadata=summarize(
-            context,
-            figures,
-            [
-                "attempts",
-                "outcome_succeeded",
-                "outcome_declined",
-                "outcome_requires_action",
-                "outcome_error",
-                "left_pending_for_reconciliation",
-                "reconciled_succeeded",
-                "resent_after_reconciliation",
-                "pending_in_another_run",
-                "already_attempted",
-                "claimed_by_another_run",
-                BILLS_NOT_MADE,
-                HELD_BY_GUARD,
-            ],
-        ),
+        metadata=summarize(context, figures, AUTOPAY_FIGURES),
         check_results=[
             check,
             practice_check("autopay_attempts", failed),

@@ -20,6 +20,15 @@ from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.services.nightly import release_deliveries_of
 
+# The figures each night's delivery_queue shows first.
+DELIVERY_FIGURES = (
+    "bill_deliveries",
+    "superbill_deliveries",
+    "statement_deliveries",
+    "released_after_autopay",
+    "held_autopay_not_run",
+)
+
 
 @nightly_asset(
     table=m.Delivery,
@@ -56,16 +65,6 @@ def delivery_queue(
     with db.engine.connect() as conn:
         check = deliveries_never_early(conn, run_nights(context))
     return dg.MaterializeResult(
-        metadata=summarize(
-            context,
-            figures,
-            [
-                "bill_deliveries",
-                "superbill_deliveries",
-                "statement_deliveries",
-                "released_after_autopay",
-                "held_autopay_not_run",
-            ],
-        ),
+        metadata=summarize(context, figures, DELIVERY_FIGURES),
         check_results=[check, practice_check("delivery_queue", failed)],
     )

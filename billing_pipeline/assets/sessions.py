@@ -20,6 +20,17 @@ from billing_pipeline.services.nightly import (
     record_resolved_settings_of,
 )
 
+# The figures each night's resolved_settings shows first.
+SETTINGS_FIGURES = (
+    "clients",
+    "autopay_runs",
+    "autopay_client_autopay_off",
+    "autopay_billing_contact_autopay_off",
+    "autopay_no_payment_method",
+    "autopay_payment_method_expired",
+    "settings_warnings",
+)
+
 
 @nightly_asset(
     table=m.EligibleSession,
@@ -89,18 +100,6 @@ def resolved_settings(
         failed,
     )
     return dg.MaterializeResult(
-        metadata=summarize(
-            context,
-            figures,
-            [
-                "clients",
-                "autopay_runs",
-                "autopay_client_autopay_off",
-                "autopay_billing_contact_autopay_off",
-                "autopay_no_payment_method",
-                "autopay_payment_method_expired",
-                "settings_warnings",
-            ],
-        ),
+        metadata=summarize(context, figures, SETTINGS_FIGURES),
         check_results=[practice_check("resolved_settings", failed)],
     )

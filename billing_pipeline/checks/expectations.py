@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,18 +21,22 @@ if TYPE_CHECKING:
     import pandas as pd
     from great_expectations.data_context import AbstractDataContext
 
-# The expectations of a suite, built once GX is imported: `gxe` is great_expectations.expectations.
-ExpectationFactory = Callable[[Any], Any]
-
 
 @dataclass(frozen=True)
 class Expect:
-    """One expectation on one frame: `label` says it in words; `build(gxe)` makes it."""
+    """One expectation on one frame: `label` says it in words; `kind` names the GX class
+    (in great_expectations.expectations) and `kwargs` are its arguments, built once GX is
+    imported."""
 
     label: str
     frame: str
     id_column: str
-    build: ExpectationFactory
+    kind: str
+    kwargs: Mapping[str, Any]
+
+    def build(self, gxe: Any) -> Any:
+        """The expectation, from `gxe` (great_expectations.expectations)."""
+        return getattr(gxe, self.kind)(**self.kwargs)
 
 
 @dataclass(frozen=True)

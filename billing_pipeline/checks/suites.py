@@ -10,6 +10,7 @@ by AutoPay, so AutoPay (downstream in the same run: `nightly_chain_job`, backfil
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -58,36 +59,46 @@ def check_accounts(context: dg.AssetCheckExecutionContext) -> list[str] | None:
 
 
 Reader = Callable[[Connection, Sequence[date], Sequence[str] | None], pd.DataFrame]
+# How a failing row is named in the metadata, by the column that identifies it (a session or
+# client id is named as it is).
+ID_PREFIX = {"bill_id": "bill-", "attempt_id": "attempt-", "delivery_id": "delivery-"}
 
 
-def _run_suite(
-    context: dg.AssetCheckExecutionContext,
-    db: BillingDatabase,
-    suite: str,
+def suite_check(
+    name: str,
+    asset: dg.AssetsDefinition,
     readers: Mapping[str, Reader],
     expects: Sequence[Expect],
-    prefix: Mapping[str, str],
+    *,
+    blocking: bool,
     severity: dg.AssetCheckSeverity,
-) -> dg.AssetCheckResult:
-    nights = check_nights(context)
-    accounts = check_accounts(context)
-    with db.engine.connect() as conn:
-        data = {name: read(conn, nights, accounts) for name, read in readers.items()}
-    outcome = validate(suite, data, expects)
-    return suite_result(outcome, nights, prefix, severity)
+    description: str,
+) -> dg.AssetChecksDefinition:
+    """An asset check that runs the suite `expects` on the frames `readers` read for the run's
+    nights and practices (the suite is named after the check)."""
+
+    @dg.asset_check(name=name, asset=asset, blocking=blocking, description=description)
+    def check(context: dg.AssetCheckExecutionContext, db: BillingDatabase) -> dg.AssetCheckResult:
+        nights = check_nights(context)
+        accounts = check_accounts(context)
+        with db.engine.connect() as conn:
+            data = {frame: read(conn, nights, accounts) for frame, read in readers.items()}
+        return suite_result(validate(name, data, expects), nights, expects, severity)
+
+    return check
 
 
 def suite_result(
     outcome: SuiteOutcome,
     nights: Sequence[date],
-    prefix: Mapping[str, str],
+    expects: Sequence[Expect],
     severity: dg.AssetCheckSeverity,
 ) -> dg.AssetCheckResult:
     """The check's result: per failing expectation its row ids (`bill-7`, `attempt-3`, a
     session or client id) and how many; the rows checked per frame and the nights."""
+    prefix = {e.label: ID_PREFIX.get(e.id_column, "") for e in expects}
     failing = {
-        label: [f"{prefix.get(label, '')}{i}" for i in ids[:SHOWN]]
-        for label, ids in outcome.failed.items()
+        label: [f"{prefix[label]}{i}" for i in ids[:SHOWN]] for label, ids in outcome.failed.items()
     }
     metadata: dict[str, dg.MetadataValue] = {
         "nights": dg.MetadataValue.text(
@@ -109,127 +120,68 @@ def suite_result(
     )
 
 
+def _bills(label: str, kind: str, **kwargs: Any) -> Expect:
+    return Expect(label, "bills", "bill_id", kind, kwargs)
+
+
+def _attempts(label: str, kind: str, **kwargs: Any) -> Expect:
+    return Expect(label, "attempts", "attempt_id", kind, kwargs)
+
+
+def _deliveries(label: str, kind: str, **kwargs: Any) -> Expect:
+    return Expect(label, "deliveries", "delivery_id", kind, kwargs)
+
+
+PAIR_EQUAL = "ExpectColumnPairValuesToBeEqual"
+A_AT_LEAST_B = "ExpectColumnPairValuesAToBeGreaterThanB"
+BETWEEN = "ExpectColumnValuesToBeBetween"
+IN_SET = "ExpectColumnValuesToBeInSet"
+NOT_NULL = "ExpectColumnValuesToNotBeNull"
+
 BILLS = [
-    Expect(
+    _bills(
         "bill amount equals the sum of its lines",
-        "bills",
-        "bill_id",
-        lambda gxe: gxe.ExpectColumnPairValuesToBeEqual(
-            column_A="amount_cents", column_B="lines_cents"
-        ),
+        PAIR_EQUAL,
+        column_A="amount_cents",
+        column_B="lines_cents",
     ),
-    Expect(
-        "bill amount is not negative",
-        "bills",
-        "bill_id",
-        lambda gxe: gxe.ExpectColumnValuesToBeBetween(column="amount_cents", min_value=0),
-    ),
-    Expect(
-        "bill status is known",
-        "bills",
-        "bill_id",
-        lambda gxe: gxe.ExpectColumnValuesToBeInSet(column="status", value_set=BILL_STATUSES),
-    ),
-    Expect(
-        "bill status is set",
-        "bills",
-        "bill_id",
-        lambda gxe: gxe.ExpectColumnValuesToNotBeNull(column="status"),
-    ),
+    _bills("bill amount is not negative", BETWEEN, column="amount_cents", min_value=0),
+    _bills("bill status is known", IN_SET, column="status", value_set=BILL_STATUSES),
+    _bills("bill status is set", NOT_NULL, column="status"),
     Expect(
         "session is on one bill only",
         "billed_sessions",
         "session_id",
-        lambda gxe: gxe.ExpectColumnValuesToBeUnique(column="session_id"),
+        "ExpectColumnValuesToBeUnique",
+        {"column": "session_id"},
     ),
 ]
-BILL_PREFIX = {e.label: "bill-" for e in BILLS if e.frame == "bills"}
 
-
-@dg.asset_check(
-    asset=bills,
+bills_meet_expectations = suite_check(
+    "bills_meet_expectations",
+    bills,
+    {"bills": frames.bills_frame, "billed_sessions": frames.billed_sessions_frame},
+    BILLS,
     blocking=True,
+    severity=dg.AssetCheckSeverity.ERROR,
     description="Every bill of the night is right before anyone is charged for it: its amount "
     "is the sum of its lines and not negative, each session is on one bill only, and its "
     "status is open or paid. If not, AutoPay does not charge that night; the bills are named "
     "by id.",
 )
-def bills_meet_expectations(
-    context: dg.AssetCheckExecutionContext, db: BillingDatabase
-) -> dg.AssetCheckResult:
-    """Great Expectations suite on the night's bills (blocking: AutoPay waits for it)."""
-    return _run_suite(
-        context,
-        db,
-        "bills",
-        {"bills": frames.bills_frame, "billed_sessions": frames.billed_sessions_frame},
-        BILLS,
-        BILL_PREFIX,
-        dg.AssetCheckSeverity.ERROR,
-    )
 
-
-POSITIVE = [
-    Expect(
-        "bill amount is positive",
-        "bills",
-        "bill_id",
-        lambda gxe: gxe.ExpectColumnValuesToBeBetween(column="amount_cents", min_value=1),
-    ),
-]
-
-
-@dg.asset_check(
-    asset=bills,
+# Not blocking: a $0.00 bill charges nobody.
+bills_are_positive = suite_check(
+    "bills_are_positive",
+    bills,
+    {"bills": frames.bills_frame},
+    [_bills("bill amount is positive", BETWEEN, column="amount_cents", min_value=1)],
     blocking=False,
+    severity=dg.AssetCheckSeverity.WARN,
     description="Every bill of the night is for more than $0.00. A $0.00 bill (a service whose "
     "fee is 0, such as a free consultation) is made and shared but nothing is charged for it: "
     "a warning, for staff to check the fee. The bills are named by id.",
 )
-def bills_are_positive(
-    context: dg.AssetCheckExecutionContext, db: BillingDatabase
-) -> dg.AssetCheckResult:
-    """Great Expectations on the night's bills: each above zero (WARN; not blocking, since a
-    $0.00 bill charges nobody)."""
-    return _run_suite(
-        context,
-        db,
-        "bills_positive",
-        {"bills": frames.bills_frame},
-        POSITIVE,
-        {e.label: "bill-" for e in POSITIVE},
-        dg.AssetCheckSeverity.WARN,
-    )
-
-
-ATTEMPTS = [
-    Expect(
-        "amount is at most the open balance at the attempt",
-        "attempts",
-        "attempt_id",
-        lambda gxe: gxe.ExpectColumnPairValuesAToBeGreaterThanB(
-            column_A="open_balance_cents", column_B="amount_cents", or_equal=True
-        ),
-    ),
-    Expect(
-        "outcome is known",
-        "attempts",
-        "attempt_id",
-        lambda gxe: gxe.ExpectColumnValuesToBeInSet(column="outcome", value_set=OUTCOMES),
-    ),
-    Expect(
-        "outcome is set",
-        "attempts",
-        "attempt_id",
-        lambda gxe: gxe.ExpectColumnValuesToNotBeNull(column="outcome"),
-    ),
-    Expect(
-        "every decline has a decline code",
-        "declines",
-        "attempt_id",
-        lambda gxe: gxe.ExpectColumnValuesToNotBeNull(column="failure_code"),
-    ),
-]
 
 
 def _declines(
@@ -239,104 +191,73 @@ def _declines(
     return attempts[attempts["outcome"] == "declined"]
 
 
-@dg.asset_check(
-    asset=autopay_attempts,
+ATTEMPTS = [
+    _attempts(
+        "amount is at most the open balance at the attempt",
+        A_AT_LEAST_B,
+        column_A="open_balance_cents",
+        column_B="amount_cents",
+        or_equal=True,
+    ),
+    _attempts("outcome is known", IN_SET, column="outcome", value_set=OUTCOMES),
+    _attempts("outcome is set", NOT_NULL, column="outcome"),
+    Expect(
+        "every decline has a decline code",
+        "declines",
+        "attempt_id",
+        NOT_NULL,
+        {"column": "failure_code"},
+    ),
+]
+
+autopay_attempts_meet_expectations = suite_check(
+    "autopay_attempts_meet_expectations",
+    autopay_attempts,
+    {"attempts": frames.autopay_attempts_frame, "declines": _declines},
+    ATTEMPTS,
     blocking=False,
+    severity=dg.AssetCheckSeverity.ERROR,
     description="No card was charged more than the client owed at that moment, every charge "
     "ended in a known way (paid, declined, needs the client's authentication, or an error) "
     "and every decline says why the bank declined it. Attempts are named by id.",
 )
-def autopay_attempts_meet_expectations(
-    context: dg.AssetCheckExecutionContext, db: BillingDatabase
-) -> dg.AssetCheckResult:
-    """Great Expectations suite on the night's AutoPay attempts."""
-    return _run_suite(
-        context,
-        db,
-        "autopay_attempts",
-        {"attempts": frames.autopay_attempts_frame, "declines": _declines},
-        ATTEMPTS,
-        {e.label: "attempt-" for e in ATTEMPTS},
-        dg.AssetCheckSeverity.ERROR,
-    )
-
 
 DELIVERIES = [
-    Expect(
+    _deliveries(
         "due at or after the document was made",
-        "deliveries",
-        "delivery_id",
-        lambda gxe: gxe.ExpectColumnPairValuesAToBeGreaterThanB(
-            column_A="scheduled_at", column_B="created_at", or_equal=True
-        ),
+        A_AT_LEAST_B,
+        column_A="scheduled_at",
+        column_B="created_at",
+        or_equal=True,
     ),
-    Expect(
-        "the document exists",
-        "deliveries",
-        "delivery_id",
-        lambda gxe: gxe.ExpectColumnValuesToNotBeNull(column="created_at"),
-    ),
-    Expect(
-        "has a recipient",
-        "deliveries",
-        "delivery_id",
-        lambda gxe: gxe.ExpectColumnValuesToNotBeNull(column="recipient_id"),
-    ),
-    Expect(
+    _deliveries("the document exists", NOT_NULL, column="created_at"),
+    _deliveries("has a recipient", NOT_NULL, column="recipient_id"),
+    _deliveries(
         "recipient id is not empty",
-        "deliveries",
-        "delivery_id",
-        lambda gxe: gxe.ExpectColumnValueLengthsToBeBetween(column="recipient_id", min_value=1),
+        "ExpectColumnValueLengthsToBeBetween",
+        column="recipient_id",
+        min_value=1,
     ),
-    Expect(
+    _deliveries(
         "recipient is the client or the billing contact",
-        "deliveries",
-        "delivery_id",
-        lambda gxe: gxe.ExpectColumnValuesToBeInSet(column="recipient", value_set=RECIPIENTS),
+        IN_SET,
+        column="recipient",
+        value_set=RECIPIENTS,
     ),
-    Expect(
-        "document kind is known",
-        "deliveries",
-        "delivery_id",
-        lambda gxe: gxe.ExpectColumnValuesToBeInSet(
-            column="document_type", value_set=DOCUMENT_KINDS
-        ),
-    ),
+    _deliveries("document kind is known", IN_SET, column="document_type", value_set=DOCUMENT_KINDS),
 ]
 
-
-@dg.asset_check(
-    asset=delivery_queue,
+delivery_queue_meets_expectations = suite_check(
+    "delivery_queue_meets_expectations",
+    delivery_queue,
+    {"deliveries": frames.deliveries_frame},
+    DELIVERIES,
     blocking=False,
+    severity=dg.AssetCheckSeverity.ERROR,
     description="Every document waiting to be shared is due no earlier than it was made, goes "
     "to someone (the client or their billing contact), and is a bill, a superbill or a "
     "statement. Deliveries are named by id.",
 )
-def delivery_queue_meets_expectations(
-    context: dg.AssetCheckExecutionContext, db: BillingDatabase
-) -> dg.AssetCheckResult:
-    """Great Expectations suite on the night's delivery queue."""
-    return _run_suite(
-        context,
-        db,
-        "delivery_queue",
-        {"deliveries": frames.deliveries_frame},
-        DELIVERIES,
-        {e.label: "delivery-" for e in DELIVERIES},
-        dg.AssetCheckSeverity.ERROR,
-    )
-
-
-SETTINGS = [
-    Expect(
-        f"bill delay at least {ADVISED_BILL_DELAY_MINUTES} minutes with AutoPay on",
-        "autopay_on",
-        "client_id",
-        lambda gxe: gxe.ExpectColumnValuesToBeBetween(
-            column="bill_delay_minutes", min_value=ADVISED_BILL_DELAY_MINUTES
-        ),
-    ),
-]
 
 
 def _autopay_on(
@@ -346,27 +267,25 @@ def _autopay_on(
     return settings[settings["autopay_runs"].astype(bool)]
 
 
-@dg.asset_check(
-    asset=resolved_settings,
+bill_delay_leaves_time_for_autopay = suite_check(
+    "bill_delay_leaves_time_for_autopay",
+    resolved_settings,
+    {"autopay_on": _autopay_on},
+    [
+        Expect(
+            f"bill delay at least {ADVISED_BILL_DELAY_MINUTES} minutes with AutoPay on",
+            "autopay_on",
+            "client_id",
+            BETWEEN,
+            {"column": "bill_delay_minutes", "min_value": ADVISED_BILL_DELAY_MINUTES},
+        )
+    ],
     blocking=False,
+    severity=dg.AssetCheckSeverity.WARN,
     description="Clients with AutoPay on have their bills shared at least an hour after they "
     "are made, so they see the bill already paid (AutoPay runs at 00:30). A shorter delay is "
     "a warning: the client may see an unpaid bill that is paid minutes later.",
 )
-def bill_delay_leaves_time_for_autopay(
-    context: dg.AssetCheckExecutionContext, db: BillingDatabase
-) -> dg.AssetCheckResult:
-    """Great Expectations suite on the night's resolved settings (WARN)."""
-    return _run_suite(
-        context,
-        db,
-        "resolved_settings",
-        {"autopay_on": _autopay_on},
-        SETTINGS,
-        {},
-        dg.AssetCheckSeverity.WARN,
-    )
-
 
 EXPECTATION_CHECKS = [
     bills_meet_expectations,

@@ -172,14 +172,20 @@ class LetteredDiagnosis:
 
 
 @dataclass(frozen=True)
-class SuperbillView:
-    kind = "superbill"
+class MonthlyView:
+    """What a month's superbill and statement both show at the top."""
+
     practice: PracticeFacts
-    provider: ProviderFacts
     client: ClientFacts
     number: str
     month: str
     issued: str
+
+
+@dataclass(frozen=True)
+class SuperbillView(MonthlyView):
+    kind = "superbill"
+    provider: ProviderFacts
     diagnoses: tuple[LetteredDiagnosis, ...]
     lines: tuple[ServiceLine, ...]
     total_charges: str
@@ -283,13 +289,8 @@ class LedgerEvent:
 
 
 @dataclass(frozen=True)
-class StatementView:
+class StatementView(MonthlyView):
     kind = "statement"
-    practice: PracticeFacts
-    client: ClientFacts
-    number: str
-    month: str
-    issued: str
     opening_balance: str
     entries: tuple[StatementEntry, ...]
     closing_balance: str

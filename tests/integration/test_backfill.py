@@ -92,7 +92,7 @@ POLL_SECONDS = 0.5
 # The backfill daemon evaluates backfills every 30 s, a constant that no setting changes
 # (dagster._daemon.controller.DEFAULT_DAEMON_INTERVAL_SECONDS, read by its loop). The test's
 # daemon runs the same `dagster-daemon run` with that interval shortened; see _daemon.
-BACKFILL_DAEMON_INTERVAL_SECONDS = 10
+BACKFILL_DAEMON_INTERVAL_SECONDS = 2
 
 # The test instance: the default queued run coordinator (dequeuing every second instead of 5 s)
 # and run launcher, and production's pool limit (one nightly step at a time). Storage is added

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import billing_pipeline.db.types
+from billing_pipeline.db.migrations.tables_v1 import create_documents_v1
 
 revision = "0004"
 down_revision = "0003"
@@ -96,16 +97,4 @@ def downgrade() -> None:
         batch_op.drop_column("email_status")
     op.drop_table("documents")
     op.drop_table("document_files")
-    op.create_table(
-        "documents",
-        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("document_type", sa.String(length=16), nullable=False),
-        sa.Column("document_id", sa.Integer(), nullable=False),
-        sa.Column("content_sha256", sa.String(length=64), nullable=False),
-        sa.Column("byte_size", sa.Integer(), nullable=False),
-        sa.Column("rendered_at", billing_pipeline.db.types.UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_documents")),
-        sa.UniqueConstraint(
-            "document_type", "document_id", name=op.f("uq_documents_document_type")
-        ),
-    )
+    create_documents_v1()

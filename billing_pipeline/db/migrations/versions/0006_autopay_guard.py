@@ -17,10 +17,15 @@ branch_labels = None
 depends_on = None
 
 
+def _account_id() -> sa.Column[str]:
+    """Each table's practice: an account id (models.ID)."""
+    return sa.Column("account_id", sa.String(length=64), nullable=False)
+
+
 def upgrade() -> None:
     op.create_table(
         "autopay_guard_settings",
-        sa.Column("account_id", sa.String(length=64), nullable=False),
+        _account_id(),
         sa.Column("multiple_percent", sa.Integer(), nullable=False),
         sa.Column("min_nights", sa.Integer(), nullable=False),
         sa.Column("window_nights", sa.Integer(), nullable=False),
@@ -38,7 +43,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "autopay_holds",
-        sa.Column("account_id", sa.String(length=64), nullable=False),
+        _account_id(),
         sa.Column("night", sa.Date(), nullable=False),
         sa.Column("held_at", billing_pipeline.db.types.UTCDateTime(), nullable=False),
         sa.Column("reasons", sa.String(length=200), nullable=False),
@@ -53,7 +58,7 @@ def upgrade() -> None:
 
     op.create_table(
         "summary_recipients",
-        sa.Column("account_id", sa.String(length=64), nullable=False),
+        _account_id(),
         sa.Column("staff_email", sa.String(length=320), nullable=False),
         sa.Column("summary_hour", sa.Integer(), nullable=False),
         sa.Column("changed_at", billing_pipeline.db.types.UTCDateTime(), nullable=False),
@@ -64,7 +69,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "evening_summaries",
-        sa.Column("account_id", sa.String(length=64), nullable=False),
+        _account_id(),
         sa.Column("night", sa.Date(), nullable=False),
         sa.Column("claimed_at", billing_pipeline.db.types.UTCDateTime(), nullable=False),
         sa.Column("sent_at", billing_pipeline.db.types.UTCDateTime(), nullable=True),
