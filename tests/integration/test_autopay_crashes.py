@@ -124,6 +124,7 @@ def _inet_sockets(pid: int) -> set[int]:
     return inodes & inet
 
 
+@pytest.mark.slow
 def test_drivers_fork_from_a_clean_server_and_a_kill_ends_only_the_driver() -> None:
     """The server the drivers fork from has imported every module it should (multiprocessing
     skips a name it cannot import, silently), created no engine, runs a single thread and holds

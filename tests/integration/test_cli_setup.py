@@ -85,6 +85,7 @@ def test_the_demos_closing_hints_are_commands_one_can_paste(tmp_path: Path) -> N
     assert any(w.endswith("explain") or w == "explain" for w in shlex.split(commands[1]))
 
 
+@pytest.mark.slow
 def test_the_demo_summary_has_the_open_balance_the_practices_and_the_reports_warnings(
     simulations: Simulations, backend: str
 ) -> None:

@@ -84,6 +84,7 @@ def figures_from_report(report: dict[str, Any], doc: dict[str, Any]) -> dict[tup
     return out
 
 
+@pytest.mark.slow
 def test_the_finance_table_of_a_month_equals_the_figures_of_report_json(
     simulations: Simulations, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
