@@ -64,6 +64,9 @@ Reader = Callable[[Connection, Sequence[date], Sequence[str] | None], pd.DataFra
 ID_PREFIX = {"bill_id": "bill-", "attempt_id": "attempt-", "delivery_id": "delivery-"}
 
 
+SUITES: dict[str, Sequence[Expect]] = {}  # each check's suite, by the check's name
+
+
 def suite_check(
     name: str,
     asset: dg.AssetsDefinition,
@@ -76,6 +79,7 @@ def suite_check(
 ) -> dg.AssetChecksDefinition:
     """An asset check that runs the suite `expects` on the frames `readers` read for the run's
     nights and practices (the suite is named after the check)."""
+    SUITES[name] = expects
 
     @dg.asset_check(name=name, asset=asset, blocking=blocking, description=description)
     def check(context: dg.AssetCheckExecutionContext, db: BillingDatabase) -> dg.AssetCheckResult:

@@ -14,15 +14,17 @@ from sqlalchemy import Connection, Select, and_, func, literal, select, union
 from billing_pipeline.db import models as m
 
 SelectT = TypeVar("SelectT", bound="Select[*tuple[Any, ...]]")
+# The tables whose rows belong to a practice's night.
+NightTable = type[m.Bill] | type[m.AutopayAttempt] | type[m.Delivery] | type[m.ResolvedSettings]
 
 
 def _in_run(
-    stmt: SelectT, table: type[m.Base], nights: Sequence[date], accounts: Sequence[str] | None
+    stmt: SelectT, table: NightTable, nights: Sequence[date], accounts: Sequence[str] | None
 ) -> SelectT:
     """`stmt` limited to the rows of `table` of the nights (and practices, when given)."""
-    where = [table.night.in_(list(nights))]  # type: ignore[attr-defined]
+    where = [table.night.in_(list(nights))]
     if accounts is not None:
-        where.append(table.account_id.in_(list(accounts)))  # type: ignore[attr-defined]
+        where.append(table.account_id.in_(list(accounts)))
     return stmt.where(and_(*where))
 
 

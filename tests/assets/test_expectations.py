@@ -65,7 +65,9 @@ def checks_of(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvalu
 
 
 def failing(evaluation: dg.AssetCheckEvaluation) -> dict[str, list[str]]:
-    return evaluation.metadata["failing_ids"].value  # type: ignore[return-value]
+    value = evaluation.metadata["failing_ids"].value
+    assert isinstance(value, dict)
+    return value
 
 
 ONLY_CHECKS = dg.AssetSelection.checks(*EXPECTATION_CHECKS)
@@ -232,3 +234,45 @@ def test_a_frame_without_rows_passes_and_a_bad_row_beside_it_still_fails() -> No
     outcome = expectations.validate("bills", bad, BILLS)
     assert outcome.failed == {"bill amount equals the sum of its lines": ["7"]}
     assert outcome.rows == {"bills": 1, "billed_sessions": 0}
+
+
+def test_every_expectation_of_every_suite_is_a_gx_expectation_on_its_frames_columns() -> None:
+    """An `Expect` names its GX class by a string: a misspelt one would fail only on a night
+    with rows. Each builds, and each check has its suite."""
+    import great_expectations.expectations as gxe
+
+    from billing_pipeline.checks.suites import SUITES
+
+    assert set(SUITES) == CHECK_NAMES
+    for name, expects in SUITES.items():
+        assert expects, name
+        for e in expects:
+            built = e.build(gxe)
+            assert isinstance(built, gxe.Expectation), (name, e.label)
+            for key, value in e.kwargs.items():
+                assert getattr(built, key) == value, (name, e.label, key)
+
+
+def test_failing_rows_are_named_by_kind_and_id_only() -> None:
+    """Bills, attempts and deliveries by `bill-7`, `attempt-3`, `delivery-5`; sessions and
+    clients by their own ids; the description lists them."""
+    import dagster as dg
+
+    from billing_pipeline.checks.suites import BILLS, suite_result
+
+    outcome = expectations.SuiteOutcome(
+        {"bills": 3, "billed_sessions": 2},
+        {
+            "bill amount equals the sum of its lines": ["7"],
+            "session is on one bill only": ["s-1"],
+        },
+    )
+    result = suite_result(outcome, [NOV2, NOV3], BILLS, dg.AssetCheckSeverity.ERROR)
+    assert not result.passed
+    assert result.metadata["failing_ids"].value == {
+        "bill amount equals the sum of its lines": ["bill-7"],
+        "session is on one bill only": ["s-1"],
+    }
+    assert result.metadata["nights"].value == "2026-11-02..2026-11-03"
+    assert result.metadata["failing_rows"].value == 2
+    assert "bill-7" in (result.description or "") and "s-1" in (result.description or "")

@@ -18,6 +18,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import Envelope
 from pypdf import PdfReader
 from sqlalchemy import Engine, select
 
@@ -44,14 +45,12 @@ class Sink:
         self.lock = threading.Lock()
 
     async def handle_DATA(
-        self, server: object, session: object, envelope: object
+        self, server: object, session: object, envelope: Envelope
     ) -> str:  # aiosmtpd's hook name
         if self.delay:
             time.sleep(self.delay)  # blocks the server's loop: one message at a time
         with self.lock:
-            self.messages.append(
-                (list(envelope.rcpt_tos), bytes(envelope.original_content))  # type: ignore[attr-defined]
-            )
+            self.messages.append((list(envelope.rcpt_tos), bytes(envelope.original_content or b"")))
         return "250 OK"
 
     def parsed(self) -> list[Message]:
