@@ -1,6 +1,6 @@
 """One night of a synthetic EHR through the production assets, against the SQL floor.
 
-    .venv/bin/python -m bench SIZE [--runs 3] [--history-days 7] [--keep]
+    .venv/bin/python -m bench SIZE [--runs 3] [--history-days 7] [--role owner] [--reuse]
 
 SIZE is `practice` (1 practice, ~100 sessions a night), `group` (50, ~5,000) or `ehr` (2,000,
 ~100,000). The billing database is BILLING_DATABASE_URL (a PostgreSQL URL logging in as a
@@ -264,6 +264,11 @@ def _reset(owner: Engine) -> None:
         conn.execute(text(f"VACUUM ANALYZE {', '.join(VACUUMED)}"))
 
 
+def _has_practices(owner: Engine) -> bool:
+    with owner.connect() as conn:
+        return bool(conn.execute(text("SELECT EXISTS (SELECT 1 FROM accounts)")).scalar())
+
+
 def _floor(engine: Engine) -> tuple[float, int]:
     with engine.connect() as conn:
         tx = conn.begin()
@@ -285,6 +290,12 @@ def main() -> None:
     parser.add_argument("--history-days", type=int, default=7)
     parser.add_argument("--role", choices=("service", "owner"), default="service")
     parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with BILLING_DATABASE_URL: use the practices already there (made by an earlier "
+        "run of the same size) instead of generating them again",
+    )
+    parser.add_argument(
         "--profile", choices=CHAIN, help="print a cProfile of this asset's first run"
     )
     args = parser.parse_args()
@@ -299,16 +310,20 @@ def main() -> None:
         upgrade(get_engine(owner_url))
         dispose_engines()
         owner = _engine(owner_url)
-        started = time.perf_counter()
-        made = generate(owner, size, NIGHT, history_days=args.history_days)
         out = sys.stdout
-        out.write(
-            f"{args.size}: {made.accounts} practices, {made.clients} clients, "
-            f"{made.sessions} sessions ({made.night_sessions} on the night, "
-            f"{made.billed_history} billed before it, {args.history_days} days of history), "
-            f"{made.setting_changes} setting changes; generated in "
-            f"{time.perf_counter() - started:.1f} s\n"
-        )
+        if args.reuse and _has_practices(owner):
+            _reset(owner)
+            out.write(f"{args.size}: reusing the practices of {make_url(owner_url).database}\n")
+        else:
+            started = time.perf_counter()
+            made = generate(owner, size, NIGHT, history_days=args.history_days)
+            out.write(
+                f"{args.size}: {made.accounts} practices, {made.clients} clients, "
+                f"{made.sessions} sessions ({made.night_sessions} on the night, "
+                f"{made.billed_history} billed before it, {args.history_days} days of "
+                f"history), {made.setting_changes} setting changes; generated in "
+                f"{time.perf_counter() - started:.1f} s\n"
+            )
         run_url = (
             make_url(owner_url).set(username=SERVICE_ROLE).render_as_string(hide_password=False)
             if args.role == "service"
