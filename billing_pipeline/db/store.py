@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, insert, or_, select
+from sqlalchemy import ColumnElement, Connection, Row, and_, insert, or_, select
 from sqlalchemy.exc import NoResultFound
 
 from billing_pipeline.db import models as m
@@ -385,10 +385,12 @@ def load_sessions_of_accounts(
     at: datetime | None = None,
     *,
     leave_out_billed_native: bool = False,
+    where: Sequence[ColumnElement[bool]] = (),
 ) -> list[Session]:
     """`load_sessions` of every client of these accounts (a join, not a list of clients).
     `leave_out_billed_native`: without the native sessions already on a bill (most of a
-    look-back window), which a night neither bills nor flags."""
+    look-back window), which a night neither bills nor flags. `where`: only the sessions
+    that meet these conditions too."""
     if not account_ids:
         return []
     clients = select(m.Client.id).where(_of(m.Client.account_id, account_ids))
@@ -396,6 +398,7 @@ def load_sessions_of_accounts(
         m.SessionRow.client_id.in_(clients),
         m.SessionRow.starts_at >= starts_from,
         m.SessionRow.starts_at < starts_before,
+        *where,
     ]
     if leave_out_billed_native:
         billed = select(m.BillSession.session_id).where(m.BillSession.session_id == m.SessionRow.id)

@@ -14,6 +14,7 @@ from sqlalchemy import Connection
 
 from billing_pipeline.db import models as m
 from billing_pipeline.db import nightly as q
+from billing_pipeline.db.eligibility import insert_decided, load_undecided, sql_decides
 from billing_pipeline.db.store import (
     billed_session_ids,
     load_practices,
@@ -22,7 +23,7 @@ from billing_pipeline.db.store import (
     load_sessions_of_accounts,
 )
 from billing_pipeline.domain import calendar as cal
-from billing_pipeline.domain.billing import plan_bills
+from billing_pipeline.domain.billing import bills_due, plan_bills
 from billing_pipeline.domain.delivery import plan_delivery
 from billing_pipeline.domain.documents import (
     StatementFacts,
@@ -73,26 +74,31 @@ def _by_zone(practices: Sequence[Practice]) -> dict[str, list[Practice]]:
 
 
 def eligible_for_nights(
-    conn: Connection, practices: Sequence[Practice], night: date
+    conn: Connection,
+    practices: Sequence[Practice],
+    night: date,
+    *,
+    undecided_only: bool = False,
 ) -> dict[str, tuple[list[Session], list[Session]]]:
     """{account id: (sessions this night bills, imported sessions without CPT codes it
     flags)}: the sessions of the night's look-back, with their services in force at the
-    night's 00:00 (a CPT code added later is not seen by an earlier night)."""
+    night's 00:00 (a CPT code added later is not seen by an earlier night). `undecided_only`:
+    only the sessions that `db.eligibility.insert_decided` leaves to these rules."""
     found: dict[str, tuple[list[Session], list[Session]]] = {
         p.account.id: ([], []) for p in practices
     }
     for tz, group in _by_zone(practices).items():
         midnight = cal.bills_instant(night, tz)
         owner = {cid: p for p in group for cid in p.clients}
-        sessions = load_sessions_of_accounts(
-            conn,
-            [p.account.id for p in group],
-            cal.start_of_day(cal.lookback_start(night), tz),
-            midnight,
-            at=midnight,
+        ids = [p.account.id for p in group]
+        start = cal.start_of_day(cal.lookback_start(night), tz)
+        if undecided_only:
+            sessions = load_undecided(conn, ids, start, midnight, midnight)
+        else:
             # A native session on a bill is neither billed again nor flagged: not read.
-            leave_out_billed_native=True,
-        )
+            sessions = load_sessions_of_accounts(
+                conn, ids, start, midnight, at=midnight, leave_out_billed_native=True
+            )
         billed = billed_session_ids(conn, [s.id for s in sessions])
         for s in sessions:
             practice = owner[s.client_id]
@@ -103,6 +109,22 @@ def eligible_for_nights(
             if needs_cpt_flag(s, tz, night):
                 flagged.append(s)
     return found
+
+
+def _decided_in_sql(
+    conn: Connection, practices: Sequence[Practice], night: date
+) -> dict[str, tuple[int, int]]:
+    """The common case's eligible sessions written by the database (`db.eligibility`), per
+    zone: {account id: (rows, cents)}."""
+    written: dict[str, tuple[int, int]] = {}
+    for tz, group in _by_zone(practices).items():
+        start = cal.start_of_day(cal.lookback_start(night), tz)
+        written.update(
+            insert_decided(
+                conn, [p.account.id for p in group], night, tz, start, cal.bills_instant(night, tz)
+            )
+        )
+    return written
 
 
 def eligible_for_night(
@@ -123,7 +145,8 @@ def record_eligible_sessions_of(
 ) -> list[NightFigures]:
     """`record_eligible_sessions` for several practices in a few statements: one read of
     their sessions per zone, one DELETE and one INSERT of the rows, one of the flags."""
-    found = eligible_for_nights(conn, practices, night)
+    in_sql = sql_decides(conn)
+    found = eligible_for_nights(conn, practices, night, undecided_only=in_sql)
     rows: list[dict[str, object]] = []
     for practice in practices:
         account = practice.account
@@ -139,6 +162,7 @@ def record_eligible_sessions_of(
             for s in found[account.id][0]
         )
     q.replace_rows(conn, m.EligibleSession, [p.account.id for p in practices], night, rows)
+    written = _decided_in_sql(conn, practices, night) if in_sql else {}
     all_flagged = [s.id for p in practices for s in found[p.account.id][1]]
     known = q.flagged_session_ids(conn, IMPORTED_MISSING_CPT, all_flagged)
     flags: list[dict[str, object]] = []
@@ -157,11 +181,12 @@ def record_eligible_sessions_of(
             }
             for s in new_flags
         )
+        in_db, cents = written.get(account.id, (0, 0))
         figures = NightFigures(account.id, night)
-        figures.add("eligible_sessions", len(eligible))
+        figures.add("eligible_sessions", len(eligible) + in_db)
         figures.add("imported_sessions_missing_cpt", len(flagged))
         figures.add("new_flags", len(new_flags))
-        figures.amount_cents = sum(s.billable_amount_cents for s in eligible)
+        figures.amount_cents = cents + sum(s.billable_amount_cents for s in eligible)
         figures.ids = [s.id for s in flagged]
         out.append(figures)
     q.insert_flags(conn, flags)
@@ -331,10 +356,13 @@ def create_bills_of(
         for p, at in practices
         if (p.account.id, ELIGIBLE) in done and (p.account.id, RESOLVED) in done
     ]
-    listed = q.eligible_session_ids_of(conn, [p.account.id for p, _ in ready], night)
+    # A practice that bills nothing tonight (monthly before month end, manual) plans no bill:
+    # its listed sessions are not read.
+    due = [p for p, _ in ready if bills_due(p.account.bill_creation, night)]
+    listed = q.eligible_session_ids_of(conn, [p.account.id for p in due], night)
     billed = billed_session_ids(conn, [sid for found in listed.values() for sid in found])
     sessions: dict[str, list[Session]] = {p.account.id: [] for p, _ in ready}
-    for tz, group in _by_zone([p for p, _ in ready]).items():
+    for tz, group in _by_zone(due).items():
         owner = {sid: p.account.id for p in group for sid in listed[p.account.id]}
         # Services as in force at the bills' instant, as eligibility read them.
         for s in load_sessions_by_ids(
