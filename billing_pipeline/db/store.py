@@ -263,7 +263,10 @@ def load_practices(
         )
     clients: dict[str, dict[str, ClientView]] = {a: {} for a in ids}
     for c in conn.execute(select(*CLIENT_SETTINGS_COLUMNS).where(_of(m.Client.account_id, ids))):
-        values = overlay({f: getattr(c, f) for f in CLIENT_FIELDS}, own.get((CLIENT, c.id), {}))
+        values = c._asdict()  # every CLIENT_FIELDS among them
+        changed = own.get((CLIENT, c.id))
+        if changed:
+            values = overlay(values, changed)
         clients[c.account_id][c.id] = ClientView(
             id=c.id,
             account_id=c.account_id,
