@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, Connection, and_, delete, func, insert, or
 from sqlalchemy.orm import InstrumentedAttribute
 
 from billing_pipeline.db import models as m
+from billing_pipeline.db.bulk import insert_rows
 from billing_pipeline.domain.billing import BillStatus, PlannedBill
 
 
@@ -27,8 +28,7 @@ def replace_rows(
     `rows`: one DELETE, then the rows in as few INSERTs as the driver allows."""
     ids = [account_id] if isinstance(account_id, str) else list(account_id)
     conn.execute(delete(table).where(and_(table.night == night, _of(table.account_id, ids))))
-    if rows:
-        conn.execute(insert(table), list(rows))
+    insert_rows(conn, table, rows)
 
 
 def _of(column: Any, ids: Sequence[str]) -> ColumnElement[bool]:
@@ -107,8 +107,7 @@ def flagged_session_ids(conn: Connection, check: str, session_ids: Collection[st
 
 
 def insert_flags(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    if rows:
-        conn.execute(insert(m.CheckFlag), list(rows))
+    insert_rows(conn, m.CheckFlag, rows)
 
 
 def insert_delivery(conn: Connection, **values: Any) -> None:
@@ -116,9 +115,8 @@ def insert_delivery(conn: Connection, **values: Any) -> None:
 
 
 def insert_deliveries(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Many deliveries in one statement (per 1,000 rows), in the order given."""
-    if rows:
-        conn.execute(insert(m.Delivery), list(rows))
+    """Many deliveries in one statement."""
+    insert_rows(conn, m.Delivery, rows)
 
 
 def mark_step(
@@ -218,16 +216,18 @@ def insert_bills(conn: Connection, night: date, new: Sequence[NewBill]) -> list[
     )
     # The unique session key refuses a session that another run billed meanwhile: the
     # whole transaction rolls back and the retry finds the session billed.
-    conn.execute(
-        insert(m.BillSession),
+    insert_rows(
+        conn,
+        m.BillSession,
         [
             {"session_id": sid, "bill_id": bill_id}
             for bill_id, bill in zip(bill_ids, bills, strict=True)
             for sid in bill.session_ids
         ],
     )
-    conn.execute(
-        insert(m.BillLineRow),
+    insert_rows(
+        conn,
+        m.BillLineRow,
         [
             {
                 "bill_id": bill_id,
