@@ -8,7 +8,7 @@ generator (native, imported and already billed sessions in several zones)."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 
 import pytest
 from sqlalchemy import select, text
