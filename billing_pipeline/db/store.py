@@ -10,6 +10,7 @@ import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Row, and_, insert, or_, select
@@ -127,13 +128,35 @@ def _own(
 
 
 def _sharing(row: Mapping[str, Any]) -> Sharing:
+    return _sharing_of(
+        bool(row["share_bills"]),
+        int(row["bill_delay_minutes"]),
+        bool(row["share_superbills"]),
+        int(row["superbill_delay_minutes"]),
+        bool(row["share_statements"]),
+        int(row["statement_delay_minutes"]),
+    )
+
+
+@lru_cache(maxsize=4096)
+def _sharing_of(
+    share_bills: bool,
+    bill_delay_minutes: int,
+    share_superbills: bool,
+    superbill_delay_minutes: int,
+    share_statements: bool,
+    statement_delay_minutes: int,
+) -> Sharing:
+    """One (immutable) Sharing per distinct set of values: a night reads hundreds of
+    thousands of clients with a few dozen of them. A value the rules refuse raises each time
+    (exceptions are not cached)."""
     return Sharing(
-        share_bills=bool(row["share_bills"]),
-        bill_delay_minutes=int(row["bill_delay_minutes"]),
-        share_superbills=bool(row["share_superbills"]),
-        superbill_delay_minutes=int(row["superbill_delay_minutes"]),
-        share_statements=bool(row["share_statements"]),
-        statement_delay_minutes=int(row["statement_delay_minutes"]),
+        share_bills=share_bills,
+        bill_delay_minutes=bill_delay_minutes,
+        share_superbills=share_superbills,
+        superbill_delay_minutes=superbill_delay_minutes,
+        share_statements=share_statements,
+        statement_delay_minutes=statement_delay_minutes,
     )
 
 
@@ -213,6 +236,9 @@ CLIENT_SETTINGS_COLUMNS = (
 )
 
 
+CLIENT_SETTINGS_KEYS = tuple(c.key for c in CLIENT_SETTINGS_COLUMNS)
+
+
 def load_practice(conn: Connection, account_id: str, at: datetime | None = None) -> Practice:
     """The practice as it stood at instant `at` (None: with every change recorded): each
     setting, billing contact and card in force then (a change at `at` is in force)."""
@@ -263,7 +289,7 @@ def load_practices(
         )
     clients: dict[str, dict[str, ClientView]] = {a: {} for a in ids}
     for c in conn.execute(select(*CLIENT_SETTINGS_COLUMNS).where(_of(m.Client.account_id, ids))):
-        values = c._asdict()  # every CLIENT_FIELDS among them
+        values = dict(zip(CLIENT_SETTINGS_KEYS, c, strict=True))  # CLIENT_FIELDS among them
         changed = own.get((CLIENT, c.id))
         if changed:
             values = overlay(values, changed)
