@@ -85,7 +85,9 @@ def resolved_settings(
         db,
         clock,
         Step.BILLS,
-        lambda conn, batch, night: record_resolved_settings_of(conn, [p for p, _ in batch], night),
+        lambda conn, batch, night: record_resolved_settings_of(
+            conn, [p for p, _ in batch], night, {p.account.id: at for p, at in batch}
+        ),
         failed,
     )
     return dg.MaterializeResult(

@@ -189,9 +189,19 @@ def _cards(conn: Connection, account_id: str) -> dict[str, Card]:
 
 
 def _cards_of(conn: Connection, account_ids: Sequence[str]) -> dict[str, Card]:
+    pm = m.PaymentMethod
     rows = conn.execute(
-        select(m.PaymentMethod.__table__).where(_of(m.PaymentMethod.account_id, account_ids))
-    )
+        select(
+            pm.id,
+            pm.brand,
+            pm.last4,
+            pm.exp_month,
+            pm.exp_year,
+            pm.owner_type,
+            pm.owner_id,
+            pm.fingerprint,
+        ).where(_of(pm.account_id, account_ids))
+    ).all()
     return {
         r.id: Card(
             r.id,
@@ -288,7 +298,8 @@ def load_practices(
             r.id, bool(values["autopay_enabled"]), cards.get(values["payment_method_id"])
         )
     clients: dict[str, dict[str, ClientView]] = {a: {} for a in ids}
-    for c in conn.execute(select(*CLIENT_SETTINGS_COLUMNS).where(_of(m.Client.account_id, ids))):
+    rows = conn.execute(select(*CLIENT_SETTINGS_COLUMNS).where(_of(m.Client.account_id, ids)))
+    for c in rows.all():
         values = dict(zip(CLIENT_SETTINGS_KEYS, c, strict=True))  # CLIENT_FIELDS among them
         changed = own.get((CLIENT, c.id))
         if changed:
@@ -304,6 +315,25 @@ def load_practices(
             card=cards.get(values["payment_method_id"]),
         )
     return {a: Practice(accounts[a], clients[a], contacts[a]) for a in ids}
+
+
+def accounts_changed_between(
+    conn: Connection, account_ids: Sequence[str], after: datetime, upto: datetime
+) -> set[str]:
+    """The accounts with a change in force from an instant in (after, upto]. For the others
+    `load_practices(..., upto)` equals `load_practices(..., after)`: the instant reaches the
+    practice only through the changes in force (`_changes_in_force_of`)."""
+    if not account_ids:
+        return set()
+    c = m.SettingChange
+    return set(
+        conn.execute(
+            select(c.account_id)
+            .where(and_(_of(c.account_id, account_ids), c.effective_at > after))
+            .where(c.effective_at <= upto)
+            .distinct()
+        ).scalars()
+    )
 
 
 def services_from_json(items: Iterable[Mapping[str, Any]]) -> tuple[Service, ...]:

@@ -6,7 +6,7 @@ refuse it and the caller retries the transaction, which then finds the work done
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
@@ -16,6 +16,7 @@ from billing_pipeline.db import models as m
 from billing_pipeline.db import nightly as q
 from billing_pipeline.db.eligibility import insert_decided, load_undecided, sql_decides
 from billing_pipeline.db.store import (
+    accounts_changed_between,
     billed_session_ids,
     load_practices,
     load_sessions,
@@ -220,15 +221,28 @@ def record_resolved_settings(conn: Connection, practice: Practice, night: date) 
 
 
 def record_resolved_settings_of(
-    conn: Connection, practices: Sequence[Practice], night: date
+    conn: Connection,
+    practices: Sequence[Practice],
+    night: date,
+    loaded_at: Mapping[str, datetime] | None = None,
 ) -> list[NightFigures]:
     """`record_resolved_settings` for several practices: each read again as of its 00:30
-    (five queries per zone), one DELETE and one INSERT of all their rows."""
+    (five queries per zone), one DELETE and one INSERT of all their rows. `loaded_at`: the
+    instant each practice was read as of; one with no change in force from an instant between
+    it and 00:30 is the same practice then, and is not read again."""
     at_autopay: dict[str, Practice] = {}
     for tz, group in _by_zone(practices).items():
-        at_autopay.update(
-            load_practices(conn, [p.account.id for p in group], cal.autopay_instant(night, tz))
-        )
+        autopay_at = cal.autopay_instant(night, tz)
+        again = [p.account.id for p in group]
+        if loaded_at is not None:
+            same = [p for p in group if loaded_at.get(p.account.id, autopay_at) < autopay_at]
+            since = min((loaded_at[p.account.id] for p in same), default=autopay_at)
+            changed = accounts_changed_between(
+                conn, [p.account.id for p in same], since, autopay_at
+            )
+            at_autopay.update({p.account.id: p for p in same if p.account.id not in changed})
+            again = [a for a in again if a not in at_autopay]
+        at_autopay.update(load_practices(conn, again, autopay_at))
     rows = []
     out = []
     for practice in practices:

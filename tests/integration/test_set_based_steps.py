@@ -1,14 +1,18 @@
-"""The night's eligible sessions written by PostgreSQL for the common case (db/eligibility.py)
-are exactly those the Python rules (domain/sessions.py) choose, with the same dates and amounts,
-also when settings changed over time: sessions whose services changed, in force or not yet, and
-clients whose `auto_bill` was switched either way are left to the rules.
+"""The night's steps done set-based give what the Python rules give.
+
+- eligible_sessions: the rows PostgreSQL writes for the common case (db/eligibility.py) are
+  exactly those the rules (domain/sessions.py) choose, with the same dates and amounts, also
+  when settings changed over time: sessions whose services changed, in force or not yet, and
+  clients whose `auto_bill` was switched either way are left to the rules.
+- resolved_settings: a practice read as of 00:00 is read again for AutoPay's 00:30 only when a
+  change falls between.
 
 Real PostgreSQL as the service role under row-level security; practices from the bench's
 generator (native, imported and already billed sessions in several zones)."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from sqlalchemy import select, text
@@ -26,7 +30,11 @@ from billing_pipeline.db.store import (
     record_changes,
 )
 from billing_pipeline.domain import calendar as cal
-from billing_pipeline.services.nightly import eligible_for_nights, record_eligible_sessions_of
+from billing_pipeline.services.nightly import (
+    eligible_for_nights,
+    record_eligible_sessions_of,
+    record_resolved_settings_of,
+)
 from tests.conftest import as_role, create_pg_database, drop_pg_database
 
 pytestmark = pytest.mark.postgres
@@ -115,6 +123,68 @@ def test_the_database_chooses_the_sessions_the_python_rules_choose() -> None:
         assert any(row[2] == on_client for row in written)
         assert sum(f.counts["eligible_sessions"] for f in figures) == len(expected)
         assert sum(f.amount_cents for f in figures) == sum(row[4] for row in expected)
+    finally:
+        owner.dispose()
+        service.dispose()
+        drop_pg_database(service_url)
+
+
+def test_resolved_settings_read_again_at_autopay_only_when_a_change_falls_between() -> None:
+    """The night's practices are read as of 00:00; AutoPay's decision is as of 00:30. A
+    practice with no change in between is not read again: its rows equal those of a second
+    read, and a client whose AutoPay switch changed at 00:15 gets the 00:30 decision."""
+    service_url = create_pg_database(migrated=True)
+    owner = make_engine(as_role(service_url, "postgres"))
+    service = make_engine(service_url)
+    try:
+        generate(owner, Size(accounts=4, sessions_per_night=20), NIGHT, history_days=1)
+        with owner.begin() as conn:
+            switched, account_id, tz = conn.execute(
+                text(
+                    "SELECT c.id, c.account_id, a.timezone FROM clients c "
+                    "JOIN accounts a ON a.id = c.account_id "
+                    "JOIN payment_methods p ON p.id = c.payment_method_id "
+                    "WHERE a.autopay_enabled AND c.autopay_enabled AND p.exp_year > 2026 "
+                    "AND c.billing_contact_id IS NULL AND NOT EXISTS (SELECT 1 FROM "
+                    "setting_changes x WHERE x.subject_id = c.id) ORDER BY c.id LIMIT 1"
+                )
+            ).one()
+            between = cal.bills_instant(NIGHT, tz) + timedelta(minutes=15)
+            record_changes(
+                conn,
+                [NewChange(account_id, CLIENT, switched, "autopay_enabled", False, between)],
+                between,
+            )
+
+        def rows(loaded_at: bool) -> set[tuple[object, ...]]:
+            with service.connect() as conn:
+                tx = conn.begin()
+                batch = []
+                for account in list_accounts(conn):
+                    at = cal.bills_instant(NIGHT, account.timezone)
+                    batch.append((load_practices(conn, [account.id], at)[account.id], at))
+                record_resolved_settings_of(
+                    conn,
+                    [p for p, _ in batch],
+                    NIGHT,
+                    {p.account.id: at for p, at in batch} if loaded_at else None,
+                )
+                found = {
+                    tuple(r)
+                    for r in conn.execute(
+                        select(m.ResolvedSettings.__table__).where(
+                            m.ResolvedSettings.night == NIGHT
+                        )
+                    )
+                }
+                tx.rollback()
+            return found
+
+        reused, read_again = rows(True), rows(False)
+        assert len(reused) > 100
+        assert reused == read_again
+        decision = {r[1]: (r[6], r[7]) for r in reused}  # client_id: autopay_runs, reason
+        assert decision[switched] == (False, "client_autopay_off")
     finally:
         owner.dispose()
         service.dispose()
