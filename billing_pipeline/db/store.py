@@ -317,6 +317,24 @@ def load_practices(
     return {a: Practice(accounts[a], clients[a], contacts[a]) for a in ids}
 
 
+def auto_bill_at(
+    conn: Connection, account_ids: Sequence[str], at: datetime
+) -> dict[str, tuple[str, bool]]:
+    """{client id: (account id, the client's `auto_bill` in force at `at`)} of these
+    accounts' clients: what `load_practices(...).clients[id].auto_bill` says, in two queries."""
+    ids = list(account_ids)
+    if not ids:
+        return {}
+    changed = {
+        key[1]: change.value
+        for key, change in _changes_in_force_of(conn, ids, at, CLIENT).items()
+        if key[2] == "auto_bill"
+    }
+    c = m.Client
+    rows = conn.execute(select(c.id, c.account_id, c.auto_bill).where(_of(c.account_id, ids)))
+    return {cid: (aid, bool(changed.get(cid, auto_bill))) for cid, aid, auto_bill in rows.all()}
+
+
 def accounts_changed_between(
     conn: Connection, account_ids: Sequence[str], after: datetime, upto: datetime
 ) -> set[str]:

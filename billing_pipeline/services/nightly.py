@@ -17,6 +17,7 @@ from billing_pipeline.db import nightly as q
 from billing_pipeline.db.eligibility import insert_decided, load_undecided, sql_decides
 from billing_pipeline.db.store import (
     accounts_changed_between,
+    auto_bill_at,
     billed_session_ids,
     load_practices,
     load_sessions,
@@ -33,7 +34,7 @@ from billing_pipeline.domain.documents import (
     statement_month,
     superbill_month,
 )
-from billing_pipeline.domain.practice import ClientView, Practice
+from billing_pipeline.domain.practice import AccountView, ClientView, Practice
 from billing_pipeline.domain.schedule import STEP_RECORDS, Step
 from billing_pipeline.domain.sessions import Session, needs_cpt_flag, why_not_eligible
 from billing_pipeline.domain.settings import (
@@ -74,6 +75,21 @@ def _by_zone(practices: Sequence[Practice]) -> dict[str, list[Practice]]:
     return zones
 
 
+def _accounts_by_zone(accounts: Sequence[AccountView]) -> dict[str, list[AccountView]]:
+    zones: dict[str, list[AccountView]] = {}
+    for a in accounts:
+        zones.setdefault(a.timezone, []).append(a)
+    return zones
+
+
+# {client id: (account id, the client's auto_bill as in force at the night's 00:00)}
+AutoBill = Mapping[str, tuple[str, bool]]
+
+
+def _auto_bill_of(practices: Sequence[Practice]) -> dict[str, tuple[str, bool]]:
+    return {cid: (p.account.id, c.auto_bill) for p in practices for cid, c in p.clients.items()}
+
+
 def eligible_for_nights(
     conn: Connection,
     practices: Sequence[Practice],
@@ -85,13 +101,21 @@ def eligible_for_nights(
     flags)}: the sessions of the night's look-back, with their services in force at the
     night's 00:00 (a CPT code added later is not seen by an earlier night). `undecided_only`:
     only the sessions that `db.eligibility.insert_decided` leaves to these rules."""
-    found: dict[str, tuple[list[Session], list[Session]]] = {
-        p.account.id: ([], []) for p in practices
-    }
-    for tz, group in _by_zone(practices).items():
+    accounts = [p.account for p in practices]
+    return _eligible(conn, accounts, _auto_bill_of(practices), night, undecided_only)
+
+
+def _eligible(
+    conn: Connection,
+    accounts: Sequence[AccountView],
+    auto_bill: AutoBill,
+    night: date,
+    undecided_only: bool,
+) -> dict[str, tuple[list[Session], list[Session]]]:
+    found: dict[str, tuple[list[Session], list[Session]]] = {a.id: ([], []) for a in accounts}
+    for tz, group in _accounts_by_zone(accounts).items():
         midnight = cal.bills_instant(night, tz)
-        owner = {cid: p for p in group for cid in p.clients}
-        ids = [p.account.id for p in group]
+        ids = [a.id for a in group]
         start = cal.start_of_day(cal.lookback_start(night), tz)
         if undecided_only:
             sessions = load_undecided(conn, ids, start, midnight, midnight)
@@ -102,10 +126,10 @@ def eligible_for_nights(
             )
         billed = billed_session_ids(conn, [s.id for s in sessions])
         for s in sessions:
-            practice = owner[s.client_id]
-            eligible, flagged = found[practice.account.id]
-            auto_bill = practice.clients[s.client_id].auto_bill
-            if why_not_eligible(s, tz, night, auto_bill=auto_bill, billed=s.id in billed) is None:
+            account_id, bills_client = auto_bill[s.client_id]
+            eligible, flagged = found[account_id]
+            why = why_not_eligible(s, tz, night, auto_bill=bills_client, billed=s.id in billed)
+            if why is None:
                 eligible.append(s)
             if needs_cpt_flag(s, tz, night):
                 flagged.append(s)
@@ -113,16 +137,16 @@ def eligible_for_nights(
 
 
 def _decided_in_sql(
-    conn: Connection, practices: Sequence[Practice], night: date
+    conn: Connection, accounts: Sequence[AccountView], night: date
 ) -> dict[str, tuple[int, int]]:
     """The common case's eligible sessions written by the database (`db.eligibility`), per
     zone: {account id: (rows, cents)}."""
     written: dict[str, tuple[int, int]] = {}
-    for tz, group in _by_zone(practices).items():
+    for tz, group in _accounts_by_zone(accounts).items():
         start = cal.start_of_day(cal.lookback_start(night), tz)
         written.update(
             insert_decided(
-                conn, [p.account.id for p in group], night, tz, start, cal.bills_instant(night, tz)
+                conn, [a.id for a in group], night, tz, start, cal.bills_instant(night, tz)
             )
         )
     return written
@@ -146,11 +170,31 @@ def record_eligible_sessions_of(
 ) -> list[NightFigures]:
     """`record_eligible_sessions` for several practices in a few statements: one read of
     their sessions per zone, one DELETE and one INSERT of the rows, one of the flags."""
+    accounts = [p.account for p in practices]
+    return _record_eligible(conn, accounts, _auto_bill_of(practices), night)
+
+
+def record_eligible_sessions_of_accounts(
+    conn: Connection, batch: Sequence[tuple[AccountView, datetime]], night: date
+) -> list[NightFigures]:
+    """`record_eligible_sessions_of` reading of each practice (as of its instant in `batch`,
+    the night's 00:00) only its clients' `auto_bill`, all that eligibility reads of it."""
+    at_of: dict[datetime, list[str]] = {}
+    for account, at in batch:
+        at_of.setdefault(at, []).append(account.id)
+    auto_bill: dict[str, tuple[str, bool]] = {}
+    for at, ids in at_of.items():
+        auto_bill.update(auto_bill_at(conn, ids, at))
+    return _record_eligible(conn, [a for a, _ in batch], auto_bill, night)
+
+
+def _record_eligible(
+    conn: Connection, accounts: Sequence[AccountView], auto_bill: AutoBill, night: date
+) -> list[NightFigures]:
     in_sql = sql_decides(conn)
-    found = eligible_for_nights(conn, practices, night, undecided_only=in_sql)
+    found = _eligible(conn, accounts, auto_bill, night, undecided_only=in_sql)
     rows: list[dict[str, object]] = []
-    for practice in practices:
-        account = practice.account
+    for account in accounts:
         rows.extend(
             {
                 "night": night,
@@ -162,14 +206,13 @@ def record_eligible_sessions_of(
             }
             for s in found[account.id][0]
         )
-    q.replace_rows(conn, m.EligibleSession, [p.account.id for p in practices], night, rows)
-    written = _decided_in_sql(conn, practices, night) if in_sql else {}
-    all_flagged = [s.id for p in practices for s in found[p.account.id][1]]
+    q.replace_rows(conn, m.EligibleSession, [a.id for a in accounts], night, rows)
+    written = _decided_in_sql(conn, accounts, night) if in_sql else {}
+    all_flagged = [s.id for a in accounts for s in found[a.id][1]]
     known = q.flagged_session_ids(conn, IMPORTED_MISSING_CPT, all_flagged)
     flags: list[dict[str, object]] = []
     out = []
-    for practice in practices:
-        account = practice.account
+    for account in accounts:
         eligible, flagged = found[account.id]
         new_flags = [s for s in flagged if s.id not in known]
         flags.extend(
@@ -193,7 +236,7 @@ def record_eligible_sessions_of(
     q.insert_flags(conn, flags)
     q.mark_steps(
         conn,
-        [(p.account.id, cal.bills_instant(night, p.account.timezone)) for p in practices],
+        [(a.id, cal.bills_instant(night, a.timezone)) for a in accounts],
         night,
         ELIGIBLE,
         None,
