@@ -193,27 +193,37 @@ class NewBill:
 
 
 def insert_bills(conn: Connection, night: date, new: Sequence[NewBill]) -> list[int]:
-    """The bills with their sessions and lines, a few statements for all of them (the
-    driver sends up to 1,000 rows per statement); their ids in the order of `new`."""
+    """The bills with their sessions and lines, a few statements for all of them; their ids
+    in the order of `new` (ascending, as one INSERT of them in that order would give)."""
     if not new:
         return []
     bills = [n.bill for n in new]
-    bill_ids = list(
-        conn.execute(
-            insert(m.Bill).returning(m.Bill.id, sort_by_parameter_order=True),
-            [
-                {
-                    "account_id": n.account_id,
-                    "client_id": n.bill.client_id,
-                    "night": night,
-                    "created_at": n.created_at,
-                    "amount_cents": n.bill.amount_cents,
-                    "status": BillStatus.OPEN.value,
-                }
-                for n in new
-            ],
-        ).scalars()
-    )
+    rows = [
+        {
+            "account_id": n.account_id,
+            "client_id": n.bill.client_id,
+            "night": night,
+            "created_at": n.created_at,
+            "amount_cents": n.bill.amount_cents,
+            "status": BillStatus.OPEN.value,
+        }
+        for n in new
+    ]
+    if conn.dialect.name == "postgresql":
+        # Ids taken from the bills' own sequence first, then every bill in one statement
+        # (db/bulk): no reliance on the order of an INSERT's RETURNING.
+        bill_ids = sorted(
+            conn.execute(
+                select(func.nextval("bills_id_seq")).select_from(func.generate_series(1, len(rows)))
+            ).scalars()
+        )
+        insert_rows(conn, m.Bill, [{"id": i, **row} for i, row in zip(bill_ids, rows, strict=True)])
+    else:
+        bill_ids = list(
+            conn.execute(
+                insert(m.Bill).returning(m.Bill.id, sort_by_parameter_order=True), rows
+            ).scalars()
+        )
     # The unique session key refuses a session that another run billed meanwhile: the
     # whole transaction rolls back and the retry finds the session billed.
     insert_rows(
