@@ -192,6 +192,7 @@ class SessionRow(Base):
     __table_args__ = (
         CheckConstraint("status IN ('attended','cancelled','no_show')", name="status"),
         CheckConstraint("source IN ('native','imported')", name="source"),
+        Index("ix_sessions_client_id_starts_at", "client_id", "starts_at"),
     )
 
 
