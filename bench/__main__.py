@@ -437,14 +437,14 @@ def main() -> None:
 
         floors: list[float] = []
         floor_bills = 0
-        for _ in range(args.runs):
-            took, floor_bills = _floor(runner)
-            floors.append(took)
-            _reset(owner)
-
         timings: dict[str, list[Measured]] = {name: [] for name in CHAIN}
         rows: dict[str, int] = {}
         for run in range(args.runs):
+            # The floor right before each run's chain (the machine is shared: its load moves,
+            # and a ratio means something only between figures measured together).
+            _reset(owner)
+            took, floor_bills = _floor(runner)
+            floors.append(took)
             _reset(owner)
             for name in CHAIN:
                 if name == "delivery_queue":
