@@ -1,6 +1,6 @@
 """One night of a synthetic EHR through the production assets, against the SQL floor.
 
-    .venv/bin/python -m bench SIZE [--runs 3] [--history-days 7] [--keep]
+    .venv/bin/python -m bench SIZE [--runs 3] [--history-days 7] [--role owner] [--reuse]
 
 SIZE is `practice` (1 practice, ~100 sessions a night), `group` (50, ~5,000) or `ehr` (2,000,
 ~100,000). The billing database is BILLING_DATABASE_URL (a PostgreSQL URL logging in as a
@@ -43,7 +43,7 @@ from multiprocessing.connection import Connection as Pipe
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
-from bench.synthetic import SIZES, generate
+from bench.synthetic import SIZES, Size, generate
 
 ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 SERVICE_ROLE = "billing_pipeline_service"
@@ -264,6 +264,11 @@ def _reset(owner: Engine) -> None:
         conn.execute(text(f"VACUUM ANALYZE {', '.join(VACUUMED)}"))
 
 
+def _has_practices(owner: Engine) -> bool:
+    with owner.connect() as conn:
+        return bool(conn.execute(text("SELECT EXISTS (SELECT 1 FROM accounts)")).scalar())
+
+
 def _floor(engine: Engine) -> tuple[float, int]:
     with engine.connect() as conn:
         tx = conn.begin()
@@ -272,6 +277,104 @@ def _floor(engine: Engine) -> tuple[float, int]:
         took = time.perf_counter() - started
         tx.rollback()
     return took, made
+
+
+def run_url(owner_url: str, role: str) -> str:
+    """The URL the assets log in with: the service role (under row-level security) or the
+    owner's."""
+    if role != "service":
+        return owner_url
+    return make_url(owner_url).set(username=SERVICE_ROLE).render_as_string(hide_password=False)
+
+
+YEAR_DAYS = 365
+
+
+def _year(owner: Engine, size: Size, url: str, label: str) -> None:
+    """`--year`: generate a year of sessions, none billed, and materialise the chain over
+    the year's 365 nights in one in-process run tagged with the partition range (what the
+    backfill daemon launches for assets with `BackfillPolicy.single_run()`)."""
+    import dagster as dg
+    from dagster._core.storage.tags import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
+
+    from billing_pipeline.assets.chain import NIGHT_CHAIN
+    from billing_pipeline.resources.clock import Clock
+    from billing_pipeline.resources.database import BillingDatabase
+
+    first = NIGHT - timedelta(days=YEAR_DAYS - 1)
+    started = time.perf_counter()
+    # Every night before the last already ran (each practice's sessions billed, whatever its
+    # cadence): the backfill re-runs the year after a fix, and bills what no night billed.
+    made = generate(
+        owner,
+        size,
+        NIGHT,
+        history_days=YEAR_DAYS - 1,
+        billed_cadences=("daily", "monthly", "manual"),
+    )
+    out = sys.stdout
+    out.write(
+        f"{label} --year: {made.accounts} practices, {made.clients} clients, {made.sessions} "
+        f"sessions over {first}..{NIGHT}, {made.billed_history} billed before; generated in "
+        f"{time.perf_counter() - started:.1f} s\n"
+    )
+    out.flush()
+    with owner.begin() as conn:  # AutoPay is left out: each night's AutoPay step recorded done
+        conn.execute(
+            text(
+                "INSERT INTO night_steps (account_id, night, step, completed_at, run_id) "
+                "SELECT a.id, d::date, 'autopay', now() AT TIME ZONE 'UTC', 'bench' "
+                "FROM accounts a, generate_series(CAST(:f AS date), CAST(:n AS date), "
+                "interval '1 day') d"
+            ),
+            {"f": first, "n": NIGHT},
+        )
+    assets = [a for a in NIGHT_CHAIN if a.key.to_user_string() in CHAIN]
+    with owner.connect() as conn:
+        before = conn.execute(text("SELECT coalesce(max(id), 0) FROM bills")).scalar_one()
+
+    def work() -> None:
+        with dg.DagsterInstance.ephemeral() as instance:
+            result = dg.materialize(
+                assets,
+                instance=instance,
+                resources={
+                    "db": BillingDatabase(url=url),
+                    "clock": Clock(
+                        mode="logical", until_date=(NIGHT + timedelta(days=3)).isoformat()
+                    ),
+                },
+                tags={
+                    ASSET_PARTITION_RANGE_START_TAG: first.isoformat(),
+                    ASSET_PARTITION_RANGE_END_TAG: NIGHT.isoformat(),
+                },
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                raise_on_error=True,
+            )
+        failed = [
+            c.check_name
+            for c in result.get_asset_check_evaluations()
+            if not c.passed and c.check_name != "imported_sessions_have_cpt_codes"
+        ]
+        if failed:
+            raise RuntimeError(f"year: checks failed: {failed}")
+
+    measured = _in_child(work)
+    with owner.connect() as conn:
+        bills, nights = conn.execute(
+            text("SELECT count(*), count(DISTINCT night) FROM bills WHERE id > :b"), {"b": before}
+        ).one()
+        listed = conn.execute(text("SELECT count(*) FROM eligible_sessions")).scalar_one()
+    load = os.getloadavg()
+    out.write(
+        f"load average after the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}\n"
+        f"{label} --year: {YEAR_DAYS} nights in one run, {bills} bills on {nights} nights, "
+        f"{listed} eligible-session rows, {measured.seconds:.1f} s, "
+        f"peak {_mib(measured.peak_kib):.0f} MiB\n"
+    )
 
 
 def _mib(kib: int) -> float:
@@ -284,6 +387,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--history-days", type=int, default=7)
     parser.add_argument("--role", choices=("service", "owner"), default="service")
+    parser.add_argument(
+        "--year",
+        action="store_true",
+        help="instead: a year of nights (365 days of sessions, billed but for the last "
+        "night's) materialised again in ONE run over the partition range, as a backfill "
+        "under the assets' single-run policy",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with BILLING_DATABASE_URL: use the practices already there (made by an earlier "
+        "run of the same size) instead of generating them again",
+    )
     parser.add_argument(
         "--profile", choices=CHAIN, help="print a cProfile of this asset's first run"
     )
@@ -299,41 +415,45 @@ def main() -> None:
         upgrade(get_engine(owner_url))
         dispose_engines()
         owner = _engine(owner_url)
-        started = time.perf_counter()
-        made = generate(owner, size, NIGHT, history_days=args.history_days)
         out = sys.stdout
-        out.write(
-            f"{args.size}: {made.accounts} practices, {made.clients} clients, "
-            f"{made.sessions} sessions ({made.night_sessions} on the night, "
-            f"{made.billed_history} billed before it, {args.history_days} days of history), "
-            f"{made.setting_changes} setting changes; generated in "
-            f"{time.perf_counter() - started:.1f} s\n"
-        )
-        run_url = (
-            make_url(owner_url).set(username=SERVICE_ROLE).render_as_string(hide_password=False)
-            if args.role == "service"
-            else owner_url
-        )
-        runner = _engine(run_url)
+        if args.year:
+            _year(owner, size, run_url(owner_url, args.role), args.size)
+            owner.dispose()
+            return
+        if args.reuse and _has_practices(owner):
+            _reset(owner)
+            out.write(f"{args.size}: reusing the practices of {make_url(owner_url).database}\n")
+        else:
+            started = time.perf_counter()
+            made = generate(owner, size, NIGHT, history_days=args.history_days)
+            out.write(
+                f"{args.size}: {made.accounts} practices, {made.clients} clients, "
+                f"{made.sessions} sessions ({made.night_sessions} on the night, "
+                f"{made.billed_history} billed before it, {args.history_days} days of "
+                f"history), {made.setting_changes} setting changes; generated in "
+                f"{time.perf_counter() - started:.1f} s\n"
+            )
+        runner = _engine(run_url(owner_url, args.role))
 
         floors: list[float] = []
         floor_bills = 0
-        for _ in range(args.runs):
-            took, floor_bills = _floor(runner)
-            floors.append(took)
-            _reset(owner)
-
         timings: dict[str, list[Measured]] = {name: [] for name in CHAIN}
         rows: dict[str, int] = {}
         for run in range(args.runs):
+            # The floor right before each run's chain (the machine is shared: its load moves,
+            # and a ratio means something only between figures measured together).
+            _reset(owner)
+            took, floor_bills = _floor(runner)
+            floors.append(took)
             _reset(owner)
             for name in CHAIN:
                 if name == "delivery_queue":
                     _mark_autopay_done(owner)
                 dispose_engines()
                 profile = run == 0 and args.profile == name
+                url = run_url(owner_url, args.role)
                 timings[name].append(
-                    _in_child(lambda name=name: _materialize(name, run_url), profile)
+                    _in_child(lambda name=name, url=url: _materialize(name, url), profile)
                 )
                 sys.stderr.write(f"run {run + 1}: {name} {timings[name][-1].seconds:.2f} s\n")
                 with owner.connect() as conn:

@@ -20,7 +20,7 @@ import csv
 import io
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -172,7 +172,13 @@ ORDER = (
 
 
 def _practice(
-    tables: _Tables, rng: random.Random, a: int, size: Size, night: date, history_days: int
+    tables: _Tables,
+    rng: random.Random,
+    a: int,
+    size: Size,
+    night: date,
+    history_days: int,
+    billed_cadences: Collection[str] = ("daily",),
 ) -> tuple[int, int, int, int]:
     """One practice's rows; (clients, sessions, billed history sessions, setting changes)."""
     account_id = f"acct-{a:05d}"
@@ -280,8 +286,9 @@ def _practice(
                 "session_services",
                 (session_id, 0, None if imported else cpt, 1, fee, ""),
             )
-            # Earlier nights already ran for daily practices: their sessions are billed.
-            if back > 0 and bill_creation == "daily" and status == "attended" and not imported:
+            # Earlier nights already ran (for daily practices): their sessions are billed.
+            billed_before = back > 0 and bill_creation in billed_cadences
+            if billed_before and status == "attended" and not imported:
                 bill_id = len(tables.rows.get("bills", ())) + 1
                 at = _naive_utc(day + timedelta(days=1), time(0), tz)
                 tables.add("bills", (bill_id, account_id, client_id, day, at, fee, "open"))
@@ -305,20 +312,30 @@ def _copy(raw: Any, table: str, columns: Sequence[str], rows: Iterable[tuple[Any
 
 
 def generate(
-    engine: Engine, size: Size, night: date, *, history_days: int = 7, seed: int = 12
+    engine: Engine,
+    size: Size,
+    night: date,
+    *,
+    history_days: int = 7,
+    seed: int = 12,
+    billed_cadences: Collection[str] = ("daily",),
 ) -> Generated:
     """Write `size`'s practices into an empty, migrated PostgreSQL database (a superuser or
-    the owner's login: COPY into tables under row-level security needs one)."""
+    the owner's login: COPY into tables under row-level security needs one). The days before
+    the night are billed for the practices of `billed_cadences` (bill creation), as if their
+    nights had run; the others' sessions stay open."""
     rng = random.Random(seed)
     totals = [0, 0, 0, 0]
     raw = engine.raw_connection()
     try:
-        # Practices in batches of 100: memory stays bounded by a batch, not the size.
-        for first in range(0, size.accounts, 100):
+        # Practices in batches of 100 (fewer with a longer history): memory stays bounded by
+        # a batch, not the size.
+        per_batch = max(1, 700 // max(history_days, 7))
+        for first in range(0, size.accounts, per_batch):
             tables = _Tables()
             offset = _next_bill_id(raw)
-            for a in range(first, min(first + 100, size.accounts)):
-                done = _practice(tables, rng, a, size, night, history_days)
+            for a in range(first, min(first + per_batch, size.accounts)):
+                done = _practice(tables, rng, a, size, night, history_days, billed_cadences)
                 totals = [x + y for x, y in zip(totals, done, strict=True)]
             for table in ORDER:
                 rows = tables.rows.get(table, [])

@@ -4,6 +4,7 @@ import dagster as dg
 
 from billing_pipeline.assets.common import (
     BILLING_OPS,
+    for_each_account_night_of,
     for_each_night_of,
     nightly_asset,
     practice_check,
@@ -16,7 +17,7 @@ from billing_pipeline.domain.schedule import Step
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.services.nightly import (
-    record_eligible_sessions_of,
+    record_eligible_sessions_of_accounts,
     record_resolved_settings_of,
 )
 
@@ -56,13 +57,8 @@ def eligible_sessions(
     dated on or before the night and at most 90 days before it, on no bill yet. Imported
     sessions without CPT codes are left out and flagged for staff."""
     failed: dict[str, str] = {}
-    figures = for_each_night_of(
-        context,
-        db,
-        clock,
-        Step.BILLS,
-        lambda conn, batch, night: record_eligible_sessions_of(conn, [p for p, _ in batch], night),
-        failed,
+    figures = for_each_account_night_of(
+        context, db, clock, Step.BILLS, record_eligible_sessions_of_accounts, failed
     )
     # The sessions the run's nights met without a CPT code (each night's figures list them).
     met = {sid for f in figures for sid in f.ids}
@@ -96,7 +92,9 @@ def resolved_settings(
         db,
         clock,
         Step.BILLS,
-        lambda conn, batch, night: record_resolved_settings_of(conn, [p for p, _ in batch], night),
+        lambda conn, batch, night: record_resolved_settings_of(
+            conn, [p for p, _ in batch], night, {p.account.id: at for p, at in batch}
+        ),
         failed,
     )
     return dg.MaterializeResult(

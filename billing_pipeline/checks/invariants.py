@@ -47,19 +47,18 @@ def bill_totals_match_lines(conn: Connection, nights: Sequence[date]) -> dg.Asse
         # check, and no query to wait on the lock again, so the step still reports which
         # practices failed and why.
         return _result("bill_totals_match_lines", "bills", [], "mismatched_bill_ids", "mismatched")
-    lines = (
-        select(m.BillLineRow.bill_id, func.sum(m.BillLineRow.amount_cents).label("total"))
-        .group_by(m.BillLineRow.bill_id)
-        .subquery()
+    # Each of the nights' bills against the sum of its own lines (an index lookup per bill):
+    # never an aggregate of every line ever written, whose plan depends on statistics that do
+    # not know tonight's bills yet.
+    total = (
+        select(func.sum(m.BillLineRow.amount_cents))
+        .where(m.BillLineRow.bill_id == m.Bill.id)
+        .correlate(m.Bill)
+        .scalar_subquery()
     )
     bad = conn.execute(
-        select(m.Bill.id)
-        .join(lines, lines.c.bill_id == m.Bill.id, isouter=True)
-        .where(
-            and_(
-                m.Bill.night.in_(list(nights)),
-                func.coalesce(lines.c.total, -1) != m.Bill.amount_cents,
-            )
+        select(m.Bill.id).where(
+            and_(m.Bill.night.in_(list(nights)), func.coalesce(total, -1) != m.Bill.amount_cents)
         )
     ).scalars()
     return _result(

@@ -92,15 +92,18 @@ CONNECT_TIMEOUT_SECONDS = 10
 
 
 def postgres_connect_args(url: str, timeouts: DatabaseTimeouts) -> dict[str, object]:
-    """psycopg2 arguments: the timeouts as server settings (after any `options` of the URL's
-    own), and a connect timeout unless the URL has one (a host that drops packets would
+    """psycopg2 arguments: the timeouts (and JIT off) as server settings (after any `options`
+    of the URL's own), and a connect timeout unless the URL has one (a host that drops packets would
     otherwise keep a run waiting for minutes before it says the database does not answer)."""
     query = make_url(url).query
     own = query.get("options")
     own = " ".join(own) if isinstance(own, tuple) else own
+    # No JIT: the night's statements are many and short, and under row-level security their
+    # estimated costs are far above their real ones, so JIT compiled (~0.3 s) for queries
+    # that take milliseconds (docs/SCALING.md).
     ours = (
         f"-c lock_timeout={round(timeouts.lock_seconds * 1000)} "
-        f"-c statement_timeout={round(timeouts.statement_seconds * 1000)}"
+        f"-c statement_timeout={round(timeouts.statement_seconds * 1000)} -c jit=off"
     )
     args: dict[str, object] = {"options": f"{own} {ours}" if own else ours}
     if "connect_timeout" not in query:

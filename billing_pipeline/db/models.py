@@ -95,7 +95,7 @@ class PaymentMethod(Base):
 
     __tablename__ = "payment_methods"
     id: Mapped[str] = mapped_column(ID, primary_key=True)
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
     owner_type: Mapped[str] = mapped_column(String(16))
     owner_id: Mapped[str] = mapped_column(ID)
     stripe_customer_id: Mapped[str] = mapped_column(String(255))
@@ -117,7 +117,7 @@ class PaymentMethod(Base):
 class BillingContact(Base):
     __tablename__ = "billing_contacts"
     id: Mapped[str] = mapped_column(ID, primary_key=True)
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str | None] = mapped_column(String(320))
     autopay_enabled: Mapped[bool] = mapped_column(Boolean)
@@ -192,6 +192,7 @@ class SessionRow(Base):
     __table_args__ = (
         CheckConstraint("status IN ('attended','cancelled','no_show')", name="status"),
         CheckConstraint("source IN ('native','imported')", name="source"),
+        Index("ix_sessions_client_id_starts_at", "client_id", "starts_at"),
     )
 
 

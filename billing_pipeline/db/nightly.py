@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, Connection, and_, delete, func, insert, or
 from sqlalchemy.orm import InstrumentedAttribute
 
 from billing_pipeline.db import models as m
+from billing_pipeline.db.bulk import insert_rows
 from billing_pipeline.domain.billing import BillStatus, PlannedBill
 
 
@@ -27,8 +28,7 @@ def replace_rows(
     `rows`: one DELETE, then the rows in as few INSERTs as the driver allows."""
     ids = [account_id] if isinstance(account_id, str) else list(account_id)
     conn.execute(delete(table).where(and_(table.night == night, _of(table.account_id, ids))))
-    if rows:
-        conn.execute(insert(table), list(rows))
+    insert_rows(conn, table, rows)
 
 
 def _of(column: Any, ids: Sequence[str]) -> ColumnElement[bool]:
@@ -107,8 +107,7 @@ def flagged_session_ids(conn: Connection, check: str, session_ids: Collection[st
 
 
 def insert_flags(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    if rows:
-        conn.execute(insert(m.CheckFlag), list(rows))
+    insert_rows(conn, m.CheckFlag, rows)
 
 
 def insert_delivery(conn: Connection, **values: Any) -> None:
@@ -116,9 +115,8 @@ def insert_delivery(conn: Connection, **values: Any) -> None:
 
 
 def insert_deliveries(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Many deliveries in one statement (per 1,000 rows), in the order given."""
-    if rows:
-        conn.execute(insert(m.Delivery), list(rows))
+    """Many deliveries in one statement."""
+    insert_rows(conn, m.Delivery, rows)
 
 
 def mark_step(
@@ -195,39 +193,51 @@ class NewBill:
 
 
 def insert_bills(conn: Connection, night: date, new: Sequence[NewBill]) -> list[int]:
-    """The bills with their sessions and lines, a few statements for all of them (the
-    driver sends up to 1,000 rows per statement); their ids in the order of `new`."""
+    """The bills with their sessions and lines, a few statements for all of them; their ids
+    in the order of `new` (ascending, as one INSERT of them in that order would give)."""
     if not new:
         return []
     bills = [n.bill for n in new]
-    bill_ids = list(
-        conn.execute(
-            insert(m.Bill).returning(m.Bill.id, sort_by_parameter_order=True),
-            [
-                {
-                    "account_id": n.account_id,
-                    "client_id": n.bill.client_id,
-                    "night": night,
-                    "created_at": n.created_at,
-                    "amount_cents": n.bill.amount_cents,
-                    "status": BillStatus.OPEN.value,
-                }
-                for n in new
-            ],
-        ).scalars()
-    )
+    rows = [
+        {
+            "account_id": n.account_id,
+            "client_id": n.bill.client_id,
+            "night": night,
+            "created_at": n.created_at,
+            "amount_cents": n.bill.amount_cents,
+            "status": BillStatus.OPEN.value,
+        }
+        for n in new
+    ]
+    if conn.dialect.name == "postgresql":
+        # Ids taken from the bills' own sequence first, then every bill in one statement
+        # (db/bulk): no reliance on the order of an INSERT's RETURNING.
+        bill_ids = sorted(
+            conn.execute(
+                select(func.nextval("bills_id_seq")).select_from(func.generate_series(1, len(rows)))
+            ).scalars()
+        )
+        insert_rows(conn, m.Bill, [{"id": i, **row} for i, row in zip(bill_ids, rows, strict=True)])
+    else:
+        bill_ids = list(
+            conn.execute(
+                insert(m.Bill).returning(m.Bill.id, sort_by_parameter_order=True), rows
+            ).scalars()
+        )
     # The unique session key refuses a session that another run billed meanwhile: the
     # whole transaction rolls back and the retry finds the session billed.
-    conn.execute(
-        insert(m.BillSession),
+    insert_rows(
+        conn,
+        m.BillSession,
         [
             {"session_id": sid, "bill_id": bill_id}
             for bill_id, bill in zip(bill_ids, bills, strict=True)
             for sid in bill.session_ids
         ],
     )
-    conn.execute(
-        insert(m.BillLineRow),
+    insert_rows(
+        conn,
+        m.BillLineRow,
         [
             {
                 "bill_id": bill_id,

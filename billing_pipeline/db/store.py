@@ -10,9 +10,10 @@ import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, insert, or_, select
+from sqlalchemy import ColumnElement, Connection, Row, and_, insert, or_, select
 from sqlalchemy.exc import NoResultFound
 
 from billing_pipeline.db import models as m
@@ -127,13 +128,35 @@ def _own(
 
 
 def _sharing(row: Mapping[str, Any]) -> Sharing:
+    return _sharing_of(
+        bool(row["share_bills"]),
+        int(row["bill_delay_minutes"]),
+        bool(row["share_superbills"]),
+        int(row["superbill_delay_minutes"]),
+        bool(row["share_statements"]),
+        int(row["statement_delay_minutes"]),
+    )
+
+
+@lru_cache(maxsize=4096)
+def _sharing_of(
+    share_bills: bool,
+    bill_delay_minutes: int,
+    share_superbills: bool,
+    superbill_delay_minutes: int,
+    share_statements: bool,
+    statement_delay_minutes: int,
+) -> Sharing:
+    """One (immutable) Sharing per distinct set of values: a night reads hundreds of
+    thousands of clients with a few dozen of them. A value the rules refuse raises each time
+    (exceptions are not cached)."""
     return Sharing(
-        share_bills=bool(row["share_bills"]),
-        bill_delay_minutes=int(row["bill_delay_minutes"]),
-        share_superbills=bool(row["share_superbills"]),
-        superbill_delay_minutes=int(row["superbill_delay_minutes"]),
-        share_statements=bool(row["share_statements"]),
-        statement_delay_minutes=int(row["statement_delay_minutes"]),
+        share_bills=share_bills,
+        bill_delay_minutes=bill_delay_minutes,
+        share_superbills=share_superbills,
+        superbill_delay_minutes=superbill_delay_minutes,
+        share_statements=share_statements,
+        statement_delay_minutes=statement_delay_minutes,
     )
 
 
@@ -166,9 +189,19 @@ def _cards(conn: Connection, account_id: str) -> dict[str, Card]:
 
 
 def _cards_of(conn: Connection, account_ids: Sequence[str]) -> dict[str, Card]:
+    pm = m.PaymentMethod
     rows = conn.execute(
-        select(m.PaymentMethod.__table__).where(_of(m.PaymentMethod.account_id, account_ids))
-    )
+        select(
+            pm.id,
+            pm.brand,
+            pm.last4,
+            pm.exp_month,
+            pm.exp_year,
+            pm.owner_type,
+            pm.owner_id,
+            pm.fingerprint,
+        ).where(_of(pm.account_id, account_ids))
+    ).all()
     return {
         r.id: Card(
             r.id,
@@ -211,6 +244,9 @@ CLIENT_SETTINGS_COLUMNS = (
     m.Client.share_statements,
     m.Client.statement_delay_minutes,
 )
+
+
+CLIENT_SETTINGS_KEYS = tuple(c.key for c in CLIENT_SETTINGS_COLUMNS)
 
 
 def load_practice(conn: Connection, account_id: str, at: datetime | None = None) -> Practice:
@@ -262,8 +298,12 @@ def load_practices(
             r.id, bool(values["autopay_enabled"]), cards.get(values["payment_method_id"])
         )
     clients: dict[str, dict[str, ClientView]] = {a: {} for a in ids}
-    for c in conn.execute(select(*CLIENT_SETTINGS_COLUMNS).where(_of(m.Client.account_id, ids))):
-        values = overlay({f: getattr(c, f) for f in CLIENT_FIELDS}, own.get((CLIENT, c.id), {}))
+    rows = conn.execute(select(*CLIENT_SETTINGS_COLUMNS).where(_of(m.Client.account_id, ids)))
+    for c in rows.all():
+        values = dict(zip(CLIENT_SETTINGS_KEYS, c, strict=True))  # CLIENT_FIELDS among them
+        changed = own.get((CLIENT, c.id))
+        if changed:
+            values = overlay(values, changed)
         clients[c.account_id][c.id] = ClientView(
             id=c.id,
             account_id=c.account_id,
@@ -275,6 +315,43 @@ def load_practices(
             card=cards.get(values["payment_method_id"]),
         )
     return {a: Practice(accounts[a], clients[a], contacts[a]) for a in ids}
+
+
+def auto_bill_at(
+    conn: Connection, account_ids: Sequence[str], at: datetime
+) -> dict[str, tuple[str, bool]]:
+    """{client id: (account id, the client's `auto_bill` in force at `at`)} of these
+    accounts' clients: what `load_practices(...).clients[id].auto_bill` says, in two queries."""
+    ids = list(account_ids)
+    if not ids:
+        return {}
+    changed = {
+        key[1]: change.value
+        for key, change in _changes_in_force_of(conn, ids, at, CLIENT).items()
+        if key[2] == "auto_bill"
+    }
+    c = m.Client
+    rows = conn.execute(select(c.id, c.account_id, c.auto_bill).where(_of(c.account_id, ids)))
+    return {cid: (aid, bool(changed.get(cid, auto_bill))) for cid, aid, auto_bill in rows.all()}
+
+
+def accounts_changed_between(
+    conn: Connection, account_ids: Sequence[str], after: datetime, upto: datetime
+) -> set[str]:
+    """The accounts with a change in force from an instant in (after, upto]. For the others
+    `load_practices(..., upto)` equals `load_practices(..., after)`: the instant reaches the
+    practice only through the changes in force (`_changes_in_force_of`)."""
+    if not account_ids:
+        return set()
+    c = m.SettingChange
+    return set(
+        conn.execute(
+            select(c.account_id)
+            .where(and_(_of(c.account_id, account_ids), c.effective_at > after))
+            .where(c.effective_at <= upto)
+            .distinct()
+        ).scalars()
+    )
 
 
 def services_from_json(items: Iterable[Mapping[str, Any]]) -> tuple[Service, ...]:
@@ -385,10 +462,12 @@ def load_sessions_of_accounts(
     at: datetime | None = None,
     *,
     leave_out_billed_native: bool = False,
+    where: Sequence[ColumnElement[bool]] = (),
 ) -> list[Session]:
     """`load_sessions` of every client of these accounts (a join, not a list of clients).
     `leave_out_billed_native`: without the native sessions already on a bill (most of a
-    look-back window), which a night neither bills nor flags."""
+    look-back window), which a night neither bills nor flags. `where`: only the sessions
+    that meet these conditions too."""
     if not account_ids:
         return []
     clients = select(m.Client.id).where(_of(m.Client.account_id, account_ids))
@@ -396,6 +475,7 @@ def load_sessions_of_accounts(
         m.SessionRow.client_id.in_(clients),
         m.SessionRow.starts_at >= starts_from,
         m.SessionRow.starts_at < starts_before,
+        *where,
     ]
     if leave_out_billed_native:
         billed = select(m.BillSession.session_id).where(m.BillSession.session_id == m.SessionRow.id)

@@ -60,15 +60,17 @@ class Sharing:
     statement_delay_minutes: int
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name.startswith("share_"):
+        # SHARING_FIELDS are this class's fields (checked at import, below): a night builds
+        # one Sharing per client, and `fields(self)` cost more than the checks.
+        for name in SHARING_FIELDS:
+            value = getattr(self, name)
+            if name.startswith("share_"):
                 if not isinstance(value, bool):
-                    raise InvalidSetting(f"{f.name}: {value!r} is not true or false")
+                    raise InvalidSetting(f"{name}: {value!r} is not true or false")
             elif isinstance(value, bool) or not isinstance(value, int):
-                raise InvalidSetting(f"{f.name}: {value!r} is not a whole number of minutes")
+                raise InvalidSetting(f"{name}: {value!r} is not a whole number of minutes")
             elif not 0 <= value <= MAX_DELAY_MINUTES:
-                raise InvalidSetting(f"{f.name}: {value!r} is not in 0..{MAX_DELAY_MINUTES}")
+                raise InvalidSetting(f"{name}: {value!r} is not in 0..{MAX_DELAY_MINUTES}")
 
     def shares(self, kind: DocumentType) -> bool:
         return {
@@ -95,6 +97,10 @@ class Sharing:
 
     def as_dict(self) -> dict[str, bool | int]:
         return {name: getattr(self, name) for name in SHARING_FIELDS}
+
+
+if tuple(f.name for f in fields(Sharing)) != SHARING_FIELDS:  # pragma: no cover
+    raise TypeError("Sharing and SHARING_FIELDS name different fields")
 
 
 @dataclass(frozen=True)

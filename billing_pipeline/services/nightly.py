@@ -6,7 +6,7 @@ refuse it and the caller retries the transaction, which then finds the work done
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
@@ -14,7 +14,10 @@ from sqlalchemy import Connection
 
 from billing_pipeline.db import models as m
 from billing_pipeline.db import nightly as q
+from billing_pipeline.db.eligibility import insert_decided, load_undecided, sql_decides
 from billing_pipeline.db.store import (
+    accounts_changed_between,
+    auto_bill_at,
     billed_session_ids,
     load_practices,
     load_sessions,
@@ -22,7 +25,7 @@ from billing_pipeline.db.store import (
     load_sessions_of_accounts,
 )
 from billing_pipeline.domain import calendar as cal
-from billing_pipeline.domain.billing import plan_bills
+from billing_pipeline.domain.billing import bills_due, plan_bills
 from billing_pipeline.domain.delivery import plan_delivery
 from billing_pipeline.domain.documents import (
     StatementFacts,
@@ -31,7 +34,7 @@ from billing_pipeline.domain.documents import (
     statement_month,
     superbill_month,
 )
-from billing_pipeline.domain.practice import ClientView, Practice
+from billing_pipeline.domain.practice import AccountView, ClientView, Practice
 from billing_pipeline.domain.schedule import STEP_RECORDS, Step
 from billing_pipeline.domain.sessions import Session, needs_cpt_flag, why_not_eligible
 from billing_pipeline.domain.settings import (
@@ -72,37 +75,81 @@ def _by_zone(practices: Sequence[Practice]) -> dict[str, list[Practice]]:
     return zones
 
 
+def _accounts_by_zone(accounts: Sequence[AccountView]) -> dict[str, list[AccountView]]:
+    zones: dict[str, list[AccountView]] = {}
+    for a in accounts:
+        zones.setdefault(a.timezone, []).append(a)
+    return zones
+
+
+# {client id: (account id, the client's auto_bill as in force at the night's 00:00)}
+AutoBill = Mapping[str, tuple[str, bool]]
+
+
+def _auto_bill_of(practices: Sequence[Practice]) -> dict[str, tuple[str, bool]]:
+    return {cid: (p.account.id, c.auto_bill) for p in practices for cid, c in p.clients.items()}
+
+
 def eligible_for_nights(
-    conn: Connection, practices: Sequence[Practice], night: date
+    conn: Connection,
+    practices: Sequence[Practice],
+    night: date,
+    *,
+    undecided_only: bool = False,
 ) -> dict[str, tuple[list[Session], list[Session]]]:
     """{account id: (sessions this night bills, imported sessions without CPT codes it
     flags)}: the sessions of the night's look-back, with their services in force at the
-    night's 00:00 (a CPT code added later is not seen by an earlier night)."""
-    found: dict[str, tuple[list[Session], list[Session]]] = {
-        p.account.id: ([], []) for p in practices
-    }
-    for tz, group in _by_zone(practices).items():
+    night's 00:00 (a CPT code added later is not seen by an earlier night). `undecided_only`:
+    only the sessions that `db.eligibility.insert_decided` leaves to these rules."""
+    accounts = [p.account for p in practices]
+    return _eligible(conn, accounts, _auto_bill_of(practices), night, undecided_only)
+
+
+def _eligible(
+    conn: Connection,
+    accounts: Sequence[AccountView],
+    auto_bill: AutoBill,
+    night: date,
+    undecided_only: bool,
+) -> dict[str, tuple[list[Session], list[Session]]]:
+    found: dict[str, tuple[list[Session], list[Session]]] = {a.id: ([], []) for a in accounts}
+    for tz, group in _accounts_by_zone(accounts).items():
         midnight = cal.bills_instant(night, tz)
-        owner = {cid: p for p in group for cid in p.clients}
-        sessions = load_sessions_of_accounts(
-            conn,
-            [p.account.id for p in group],
-            cal.start_of_day(cal.lookback_start(night), tz),
-            midnight,
-            at=midnight,
+        ids = [a.id for a in group]
+        start = cal.start_of_day(cal.lookback_start(night), tz)
+        if undecided_only:
+            sessions = load_undecided(conn, ids, start, midnight, midnight)
+        else:
             # A native session on a bill is neither billed again nor flagged: not read.
-            leave_out_billed_native=True,
-        )
+            sessions = load_sessions_of_accounts(
+                conn, ids, start, midnight, at=midnight, leave_out_billed_native=True
+            )
         billed = billed_session_ids(conn, [s.id for s in sessions])
         for s in sessions:
-            practice = owner[s.client_id]
-            eligible, flagged = found[practice.account.id]
-            auto_bill = practice.clients[s.client_id].auto_bill
-            if why_not_eligible(s, tz, night, auto_bill=auto_bill, billed=s.id in billed) is None:
+            account_id, bills_client = auto_bill[s.client_id]
+            eligible, flagged = found[account_id]
+            why = why_not_eligible(s, tz, night, auto_bill=bills_client, billed=s.id in billed)
+            if why is None:
                 eligible.append(s)
             if needs_cpt_flag(s, tz, night):
                 flagged.append(s)
     return found
+
+
+def _decided_in_sql(
+    conn: Connection, accounts: Sequence[AccountView], night: date
+) -> dict[str, tuple[int, int]]:
+    """The common case's eligible sessions written by the database (`db.eligibility`), per
+    zone: {account id: (rows, cents)}."""
+    written: dict[str, tuple[int, int]] = {}
+    for tz, group in _accounts_by_zone(accounts).items():
+        start = cal.start_of_day(cal.lookback_start(night), tz)
+        written.update(
+            insert_decided(
+                conn, [a.id for a in group], night, tz, start, cal.bills_instant(night, tz)
+            )
+        )
+    return written
 
 
 def eligible_for_night(
@@ -123,10 +170,31 @@ def record_eligible_sessions_of(
 ) -> list[NightFigures]:
     """`record_eligible_sessions` for several practices in a few statements: one read of
     their sessions per zone, one DELETE and one INSERT of the rows, one of the flags."""
-    found = eligible_for_nights(conn, practices, night)
+    accounts = [p.account for p in practices]
+    return _record_eligible(conn, accounts, _auto_bill_of(practices), night)
+
+
+def record_eligible_sessions_of_accounts(
+    conn: Connection, batch: Sequence[tuple[AccountView, datetime]], night: date
+) -> list[NightFigures]:
+    """`record_eligible_sessions_of` reading of each practice (as of its instant in `batch`,
+    the night's 00:00) only its clients' `auto_bill`, all that eligibility reads of it."""
+    at_of: dict[datetime, list[str]] = {}
+    for account, at in batch:
+        at_of.setdefault(at, []).append(account.id)
+    auto_bill: dict[str, tuple[str, bool]] = {}
+    for at, ids in at_of.items():
+        auto_bill.update(auto_bill_at(conn, ids, at))
+    return _record_eligible(conn, [a for a, _ in batch], auto_bill, night)
+
+
+def _record_eligible(
+    conn: Connection, accounts: Sequence[AccountView], auto_bill: AutoBill, night: date
+) -> list[NightFigures]:
+    in_sql = sql_decides(conn)
+    found = _eligible(conn, accounts, auto_bill, night, undecided_only=in_sql)
     rows: list[dict[str, object]] = []
-    for practice in practices:
-        account = practice.account
+    for account in accounts:
         rows.extend(
             {
                 "night": night,
@@ -138,13 +206,13 @@ def record_eligible_sessions_of(
             }
             for s in found[account.id][0]
         )
-    q.replace_rows(conn, m.EligibleSession, [p.account.id for p in practices], night, rows)
-    all_flagged = [s.id for p in practices for s in found[p.account.id][1]]
+    q.replace_rows(conn, m.EligibleSession, [a.id for a in accounts], night, rows)
+    written = _decided_in_sql(conn, accounts, night) if in_sql else {}
+    all_flagged = [s.id for a in accounts for s in found[a.id][1]]
     known = q.flagged_session_ids(conn, IMPORTED_MISSING_CPT, all_flagged)
     flags: list[dict[str, object]] = []
     out = []
-    for practice in practices:
-        account = practice.account
+    for account in accounts:
         eligible, flagged = found[account.id]
         new_flags = [s for s in flagged if s.id not in known]
         flags.extend(
@@ -157,17 +225,18 @@ def record_eligible_sessions_of(
             }
             for s in new_flags
         )
+        in_db, cents = written.get(account.id, (0, 0))
         figures = NightFigures(account.id, night)
-        figures.add("eligible_sessions", len(eligible))
+        figures.add("eligible_sessions", len(eligible) + in_db)
         figures.add("imported_sessions_missing_cpt", len(flagged))
         figures.add("new_flags", len(new_flags))
-        figures.amount_cents = sum(s.billable_amount_cents for s in eligible)
+        figures.amount_cents = cents + sum(s.billable_amount_cents for s in eligible)
         figures.ids = [s.id for s in flagged]
         out.append(figures)
     q.insert_flags(conn, flags)
     q.mark_steps(
         conn,
-        [(p.account.id, cal.bills_instant(night, p.account.timezone)) for p in practices],
+        [(a.id, cal.bills_instant(night, a.timezone)) for a in accounts],
         night,
         ELIGIBLE,
         None,
@@ -195,15 +264,28 @@ def record_resolved_settings(conn: Connection, practice: Practice, night: date) 
 
 
 def record_resolved_settings_of(
-    conn: Connection, practices: Sequence[Practice], night: date
+    conn: Connection,
+    practices: Sequence[Practice],
+    night: date,
+    loaded_at: Mapping[str, datetime] | None = None,
 ) -> list[NightFigures]:
     """`record_resolved_settings` for several practices: each read again as of its 00:30
-    (five queries per zone), one DELETE and one INSERT of all their rows."""
+    (five queries per zone), one DELETE and one INSERT of all their rows. `loaded_at`: the
+    instant each practice was read as of; one with no change in force from an instant between
+    it and 00:30 is the same practice then, and is not read again."""
     at_autopay: dict[str, Practice] = {}
     for tz, group in _by_zone(practices).items():
-        at_autopay.update(
-            load_practices(conn, [p.account.id for p in group], cal.autopay_instant(night, tz))
-        )
+        autopay_at = cal.autopay_instant(night, tz)
+        again = [p.account.id for p in group]
+        if loaded_at is not None:
+            same = [p for p in group if loaded_at.get(p.account.id, autopay_at) < autopay_at]
+            since = min((loaded_at[p.account.id] for p in same), default=autopay_at)
+            changed = accounts_changed_between(
+                conn, [p.account.id for p in same], since, autopay_at
+            )
+            at_autopay.update({p.account.id: p for p in same if p.account.id not in changed})
+            again = [a for a in again if a not in at_autopay]
+        at_autopay.update(load_practices(conn, again, autopay_at))
     rows = []
     out = []
     for practice in practices:
@@ -331,10 +413,13 @@ def create_bills_of(
         for p, at in practices
         if (p.account.id, ELIGIBLE) in done and (p.account.id, RESOLVED) in done
     ]
-    listed = q.eligible_session_ids_of(conn, [p.account.id for p, _ in ready], night)
+    # A practice that bills nothing tonight (monthly before month end, manual) plans no bill:
+    # its listed sessions are not read.
+    due = [p for p, _ in ready if bills_due(p.account.bill_creation, night)]
+    listed = q.eligible_session_ids_of(conn, [p.account.id for p in due], night)
     billed = billed_session_ids(conn, [sid for found in listed.values() for sid in found])
     sessions: dict[str, list[Session]] = {p.account.id: [] for p, _ in ready}
-    for tz, group in _by_zone([p for p, _ in ready]).items():
+    for tz, group in _by_zone(due).items():
         owner = {sid: p.account.id for p in group for sid in listed[p.account.id]}
         # Services as in force at the bills' instant, as eligibility read them.
         for s in load_sessions_by_ids(

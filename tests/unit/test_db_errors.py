@@ -183,7 +183,7 @@ def test_the_timeouts_become_server_settings_of_every_postgres_connection() -> N
         "postgresql+psycopg2://u@h/b", DatabaseTimeouts(lock_seconds=2, statement_seconds=0.25)
     )
     assert args == {
-        "options": "-c lock_timeout=2000 -c statement_timeout=250",
+        "options": "-c lock_timeout=2000 -c statement_timeout=250 -c jit=off",
         "connect_timeout": 10,
     }
     own = postgres_connect_args(
@@ -191,7 +191,8 @@ def test_the_timeouts_become_server_settings_of_every_postgres_connection() -> N
         DatabaseTimeouts(),
     )
     assert own == {
-        "options": "-csearch_path=billing -c lock_timeout=15000 -c statement_timeout=300000"
+        "options": "-csearch_path=billing -c lock_timeout=15000 -c statement_timeout=300000 "
+        "-c jit=off"
     }
 
 
