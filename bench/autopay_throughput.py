@@ -127,10 +127,10 @@ def _at_cap(args: argparse.Namespace) -> None:
     wait = limiter.wait
 
     def counted(self: object) -> None:
-        wait(self)  # type: ignore[arg-type]
+        wait(self)  # type: ignore[arg-type]  # the limiter itself, as `self` of its method
         sent[0] += 1
 
-    limiter.wait = counted  # type: ignore[method-assign,assignment]
+    limiter.wait = counted  # type: ignore[method-assign,assignment]  # counting, on purpose
     workers = args.workers or int(args.cap * args.latency_ms / 1000 * 3)
     shares = []
     wrong = 0

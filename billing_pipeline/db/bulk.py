@@ -26,7 +26,8 @@ def insert_rows(conn: Connection, model: type[Base], rows: Sequence[Mapping[str,
     if conn.dialect.name != "postgresql":
         conn.execute(insert(model), list(rows))
         return
-    table: Table = model.__table__  # type: ignore[assignment]
+    table = model.__table__
+    assert isinstance(table, Table)  # a declarative class's table (typed as a FromClause)
     names = list(rows[0])
     arrays: dict[str, list[Any]] = {}
     casts = []
