@@ -131,13 +131,33 @@ def scenario() -> None:
 @scenario.command("load")
 @click.argument("path", type=click.Path(path_type=Path))
 def scenario_load(path: Path) -> None:
-    """Validate PATH whole, then write it in one transaction (cards go to Stripe)."""
+    """Validate PATH whole, then write it in one transaction (cards go to Stripe).
+
+    With BILLING_DATABASE_URL set, PATH is added to that database. On the embedded default, a
+    file that names accounts goes into a new embedded database when the old one already holds
+    accounts; the old one is kept beside it under a dated name.
+    """
+    from billing_pipeline.config import DATABASE_URL_ENV, embedded_database_path
     from billing_pipeline.resources.payments import PaymentsNotConfigured
+    from billing_pipeline.scenario.embedded import HELD_SHOWN, load_into_embedded
     from billing_pipeline.scenario.load import load_scenario
     from billing_pipeline.scenario.read import ScenarioError
 
     try:
-        summary = load_scenario(path, _new_engine(), _payments())
+        if os.environ.get(DATABASE_URL_ENV):
+            summary = load_scenario(path, _new_engine(), _payments())
+        else:
+            embedded = load_into_embedded(path, embedded_database_path(), _payments())
+            summary = embedded.summary
+            if embedded.kept_as is not None:
+                shown = embedded.held[:HELD_SHOWN]
+                more = ", ..." if len(embedded.held) > HELD_SHOWN else ""
+                click.echo(
+                    f"the embedded database already held accounts ({', '.join(shown)}{more}): "
+                    f"kept as {embedded.kept_as}; {path.name} is loaded into a new one (set "
+                    f"{DATABASE_URL_ENV} to add files to one database)",
+                    err=True,
+                )
     except ScenarioError as err:
         raise BadInput(f"{path}: {err}") from None
     except PaymentsNotConfigured as err:

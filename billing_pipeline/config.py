@@ -35,11 +35,15 @@ def data_dir() -> Path:
     return path
 
 
-def default_database_url() -> str:
+def embedded_database_path() -> Path:
     """The embedded SQLite file in the data folder. Naming it creates nothing: only the
     commands that set a database up (`scenario load`, `db upgrade`) make the file."""
     folder = Path(os.environ.get("BILLING_DATA_DIR") or project_root() / "data")
-    return f"sqlite:///{folder / 'billing.db'}"
+    return folder / "billing.db"
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{embedded_database_path()}"
 
 
 def normalize_database_url(url: str) -> str:
