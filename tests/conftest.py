@@ -189,6 +189,34 @@ def drop_pg_database(url: str) -> None:
     _drop_database(url.rsplit("/", 1)[1])
 
 
+_sqlite_template: list[Path] = []  # this process's migrated SQLite file, made on first use
+
+
+def _copy_migrated_sqlite(target: Path) -> None:
+    """A new SQLite billing database at `target`, migrated to head: a copy (SQLite's backup
+    API) of a file this process migrated once, instead of Alembic's eleven migrations per test
+    (~0.35 s of CPU each time)."""
+    import shutil
+    import sqlite3
+    import tempfile
+
+    if not _sqlite_template:
+        folder = Path(tempfile.mkdtemp(prefix="bp-sqlite-template-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        template = folder / "billing.db"
+        engine = get_engine(f"sqlite:///{template}")
+        upgrade(engine)
+        engine.dispose()
+        _sqlite_template.append(template)
+    source = sqlite3.connect(_sqlite_template[0])
+    copy = sqlite3.connect(target)
+    try:
+        source.backup(copy)
+    finally:
+        copy.close()
+        source.close()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A billing database URL on each backend, migrated, with no data: a new SQLite file, or
@@ -197,7 +225,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     database behind."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'billing.db'}"
-        upgrade(get_engine(url))
+        _copy_migrated_sqlite(tmp_path / "billing.db")
         yield url
         dispose_engines()
         return

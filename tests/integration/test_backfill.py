@@ -29,8 +29,9 @@ whereas a backfill must walk the nights in order as the schedule did.
 "What the schedule would have billed" is `billing-pipeline simulate` of the same range on a
 second fresh database: the logical clock runs every step at its scheduled instant, night after
 night (tests/contract checks that against hand-worked expectations). The reports are compared
-on everything that does not depend on when the work ran. It runs in the test process on an
-in-memory Dagster instance (simulate_in_process) while the daemon works on the first backfill.
+on everything that does not depend on when the work ran. It is one of the session's shared
+simulations (tests/simulated.py), made once for both backends' backfills while the daemon
+works on the first one.
 
 What keeps it quick (each measured; see the commits): the daemon's backfill loop every
 BACKFILL_DAEMON_INTERVAL_SECONDS instead of its fixed 30 s, the queue dequeued every second,
@@ -79,9 +80,8 @@ from tests.contract.runner import (
     environment,
     report_multisets,
     report_of,
-    second_env,
-    simulate_in_process,
 )
+from tests.simulated import Simulations
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "tests" / "scenarios" / "backfill_month.json"
@@ -198,13 +198,11 @@ def _succeeded_intents(env: dict[str, str]) -> list[str]:
     return sorted(pi.id for pi in intents if pi.customer in customers and pi.status == "succeeded")
 
 
-def _scheduled_report(env: dict[str, str], tmp_path: Path) -> dict[str, Any]:
-    """What the nightly schedule would have made: simulate of the range, on its own database
-    (in this process, on an in-memory Dagster instance: see simulate_in_process)."""
-    with second_env(env, tmp_path) as other:
-        _ok(cli_in_process(other, "scenario", "load", str(SCENARIO)))
-        assert simulate_in_process(other, FIRST.isoformat(), LAST.isoformat()) == []
-        return report_of(other, run=cli_in_process)
+def _scheduled_report(simulations: Simulations) -> dict[str, Any]:
+    """What the nightly schedule would have made: simulate of the range on a database of its
+    own, made once per test session and shared by both backends' backfills (the contract
+    scenarios show that the backends bill alike)."""
+    return simulations.get(SCENARIO, "sqlite", (FIRST, LAST)).report
 
 
 # --- Dagster: the instance, the daemon, the backfill ----------------------------------------
@@ -404,7 +402,7 @@ def _assert_in_run_history(instance: dg.DagsterInstance, backfill_id: str) -> No
 
 @pytest.mark.slow
 def test_a_backfilled_month_bills_what_the_schedule_would_have_and_only_once(
-    cli_env: dict[str, str], tmp_path: Path
+    cli_env: dict[str, str], simulations: Simulations, tmp_path: Path
 ) -> None:
     assert datetime.now(UTC).date() > LAST + timedelta(days=2), "the month must be in the past"
     _ok(cli_in_process(cli_env, "scenario", "load", str(SCENARIO)))
@@ -418,7 +416,7 @@ def test_a_backfilled_month_bills_what_the_schedule_would_have_and_only_once(
         first_id = _launch_backfill(workspace, "october-2026")
         with _daemon(cli_env, log) as daemon:
             # The daemon works on the backfill meanwhile (mostly waiting on processes).
-            scheduled = _scheduled_report(cli_env, tmp_path)
+            scheduled = _scheduled_report(simulations)
             _wait_for_backfill(instance, first_id, daemon, log)
             first = report_of(cli_env, run=cli_in_process)
             rows = _row_counts(cli_env["BILLING_DATABASE_URL"])
