@@ -2,15 +2,17 @@
 
 The embedded SQLite file is the sandbox of the contract's scenarios and of anyone trying the
 project: people load one scenario, simulate, report, then load the next. A scenario that names
-its own accounts describes a whole world, so loading it beside another one would mix the two
-reports. On the embedded default, such a file therefore goes into a new database, and the one
-that held other accounts is kept beside it under a dated name: nothing is deleted, and the
-append-only audit log of the old database stays whole.
+its own accounts, and whose every record belongs to them (`self_contained`), describes a whole
+world, so loading it beside another one would mix the two reports. On the embedded default,
+such a file therefore goes into a new database when the embedded one already holds accounts,
+and the old one is kept beside it under a dated name: nothing is deleted, and the append-only
+audit log of the old database stays whole.
 
 The new database is written under a temporary name first and takes the embedded name only once
-the load has committed: a refused file leaves the old database where and as it was. A file with
-no accounts (more clients or sessions for accounts already loaded) is added to the database as
-`scenario load` always does; so is every file when `BILLING_DATABASE_URL` is set.
+the load has committed: a refused file leaves the old database where and as it was. A file
+that refers to records loaded before (more clients or sessions for a loaded account) is added
+to the database as `scenario load` always does; so is every file when `BILLING_DATABASE_URL`
+is set.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from billing_pipeline.db.engine import get_engine, make_engine, upgrade
 from billing_pipeline.resources.payments import Payments
@@ -45,7 +48,7 @@ def accounts_in(path: Path, limit: int = HELD_SHOWN + 1) -> tuple[str, ...]:
     not set up."""
     if not path.is_file():
         return ()
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
         rows = conn.execute("SELECT id FROM accounts ORDER BY id LIMIT ?", (limit,)).fetchall()
     except sqlite3.DatabaseError:  # no accounts table yet
@@ -79,6 +82,25 @@ def kept_name(path: Path, now: datetime) -> Path:
     return candidate
 
 
+def self_contained(doc: dict[str, Any]) -> bool:
+    """The file names accounts and everything in it belongs to them: its billing contacts and
+    clients to its own accounts, its sessions to its own clients, its changes to its own
+    records. Such a file is a world of its own; any other adds to what is loaded."""
+    accounts = {a["id"] for a in doc.get("accounts", [])}
+    clients = {c["id"] for c in doc.get("clients", [])}
+    owned = {
+        "account_id": accounts,
+        "client_id": clients,
+        "session_id": {s["id"] for s in doc.get("sessions", [])},
+        "billing_contact_id": {b["id"] for b in doc.get("billing_contacts", [])} | {None},
+    }
+    records = [*doc.get("billing_contacts", []), *doc.get("clients", [])]
+    records += [*doc.get("sessions", []), *doc.get("changes", [])]
+    return bool(accounts) and all(
+        record[key] in ids for record in records for key, ids in owned.items() if key in record
+    )
+
+
 def load_into_embedded(scenario: Path, database: Path, payments: Payments) -> EmbeddedLoad:
     """Load `scenario` into the embedded database file `database` as the module says. Raises
     what `load_scenario` raises, with the embedded database left as it was."""
@@ -86,7 +108,7 @@ def load_into_embedded(scenario: Path, database: Path, payments: Payments) -> Em
     check_schema(doc)  # a bad file is refused before any file moves
     assert isinstance(doc, dict)  # the schema says so
     held = accounts_in(database)
-    if not doc["accounts"] or not held:
+    if not held or not self_contained(doc):
         engine = get_engine(f"sqlite:///{database}")
         upgrade(engine)
         return EmbeddedLoad(load_scenario(scenario, engine, payments), None, ())

@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 from billing_pipeline.cli import main
 from billing_pipeline.db.engine import dispose_engines
 from billing_pipeline.localstripe_server import LocalStripe
-from billing_pipeline.scenario.embedded import accounts_in
+from billing_pipeline.scenario.embedded import accounts_in, self_contained
 from tests.conftest import CONTRACT
 
 SCENARIOS = CONTRACT / "scenarios"
@@ -68,6 +68,29 @@ def test_a_second_scenario_on_the_embedded_default_starts_a_new_database_and_kee
     assert added.exit_code == 0, added.output
     assert added.stderr == ""
     assert files(data) == sorted(["billing.db", kept])
+
+    # A new account with a client of an account loaded before: added too (not a world apart).
+    account = json.loads((SCENARIOS / "sharing_defaults.json").read_text())["accounts"][0]
+    mixed = {"accounts": [{**account, "id": "acct-new"}],
+             "clients": [{**client, "id": "cl-more-2"}], "sessions": []}  # fmt: skip
+    (tmp_path / "mixed.json").write_text(json.dumps(mixed))
+    added = load(data, localstripe, tmp_path / "mixed.json")
+    assert added.exit_code == 0, added.output
+    assert files(data) == sorted(["billing.db", kept])
+    assert accounts_in(embedded) == ("acct-manual", "acct-new", "acct-prairie")
+
+
+def test_a_file_is_a_world_of_its_own_when_all_its_records_belong_to_its_accounts() -> None:
+    doc = json.loads((SCENARIOS / "monthly_billing_contacts.json").read_text())
+    assert self_contained(doc)
+    assert not self_contained({**doc, "accounts": []})
+    foreign_session = {**doc["sessions"][0], "client_id": "cl-elsewhere"}
+    assert not self_contained({**doc, "sessions": [*doc["sessions"], foreign_session]})
+    foreign_contact = {**doc["billing_contacts"][0], "account_id": "acct-elsewhere"}
+    assert not self_contained({**doc, "billing_contacts": [foreign_contact]})
+    change = {"kind": "client_settings", "client_id": "cl-elsewhere", "settings": {}}
+    assert not self_contained({**doc, "changes": [change]})
+    assert self_contained({**doc, "changes": [{**change, "client_id": doc["clients"][0]["id"]}]})
 
 
 def test_a_refused_scenario_moves_nothing_and_leaves_no_half_written_database(
