@@ -19,9 +19,9 @@ from billing_pipeline.db.store import (
     accounts_changed_between,
     auto_bill_at,
     billed_session_ids,
+    listed_open_sessions,
     load_practices,
     load_sessions,
-    load_sessions_by_ids,
     load_sessions_of_accounts,
 )
 from billing_pipeline.domain import calendar as cal
@@ -416,16 +416,15 @@ def create_bills_of(
     # A practice that bills nothing tonight (monthly before month end, manual) plans no bill:
     # its listed sessions are not read.
     due = [p for p, _ in ready if bills_due(p.account.bill_creation, night)]
-    listed = q.eligible_session_ids_of(conn, [p.account.id for p in due], night)
-    billed = billed_session_ids(conn, [sid for found in listed.values() for sid in found])
     sessions: dict[str, list[Session]] = {p.account.id: [] for p, _ in ready}
     for tz, group in _by_zone(due).items():
-        owner = {sid: p.account.id for p in group for sid in listed[p.account.id]}
-        # Services as in force at the bills' instant, as eligibility read them.
-        for s in load_sessions_by_ids(
-            conn, [sid for sid in owner if sid not in billed], cal.bills_instant(night, tz)
-        ):
-            sessions[owner[s.id]].append(s)
+        # The listed sessions on no bill yet, with their services as in force at the bills'
+        # instant, as eligibility read them.
+        sessions.update(
+            listed_open_sessions(
+                conn, [p.account.id for p in group], night, cal.bills_instant(night, tz)
+            )
+        )
     new = [
         q.NewBill(p.account.id, at, bill)
         for p, at in ready

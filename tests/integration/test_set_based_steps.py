@@ -19,6 +19,7 @@ from sqlalchemy import select, text
 
 from bench.synthetic import Size, generate
 from billing_pipeline.db import models as m
+from billing_pipeline.db import nightly as q
 from billing_pipeline.db.engine import make_engine
 from billing_pipeline.db.store import (
     CLIENT,
@@ -26,10 +27,15 @@ from billing_pipeline.db.store import (
     SESSION,
     NewChange,
     list_accounts,
+    listed_open_sessions,
     load_practices,
+    load_sessions_by_ids,
     record_changes,
 )
 from billing_pipeline.domain import calendar as cal
+from billing_pipeline.domain.billing import plan_bills
+from billing_pipeline.domain.sessions import Session
+from billing_pipeline.domain.settings import BillCreation
 from billing_pipeline.services.nightly import (
     eligible_for_nights,
     record_eligible_sessions_of,
@@ -95,6 +101,7 @@ def test_the_database_chooses_the_sessions_the_python_rules_choose() -> None:
                 practices.append(load_practices(conn, [account.id], at)[account.id])
             reference = eligible_for_nights(conn, practices, NIGHT)
             figures = record_eligible_sessions_of(conn, practices, NIGHT)
+            _bills_read_the_listed_sessions_as_before(conn, practices, new_fee)
             written = {
                 tuple(r)
                 for r in conn.execute(
@@ -127,6 +134,36 @@ def test_the_database_chooses_the_sessions_the_python_rules_choose() -> None:
         owner.dispose()
         service.dispose()
         drop_pg_database(service_url)
+
+
+def _bills_read_the_listed_sessions_as_before(conn, practices, new_fee: str) -> None:
+    """`bills` reads the night's listed sessions on no bill (`listed_open_sessions`, a join)
+    exactly as the chunked reads did: the listed ids less the billed ones, each session with
+    its services in force at the bills' instant (a services change in force replaces the
+    rows). One listed session is billed first (in a savepoint, rolled back): it is left out."""
+    tz_of = {p.account.id: p.account.timezone for p in practices}
+    listed = q.eligible_session_ids_of(conn, list(tz_of), NIGHT)
+    assert any(new_fee in ids for ids in listed.values())
+    taken, owner = next((sid, a) for a, ids in listed.items() for sid in ids if sid != new_fee)
+    at = cal.bills_instant(NIGHT, tz_of[owner])
+    savepoint = conn.begin_nested()
+    [session] = load_sessions_by_ids(conn, [taken], at)
+    q.insert_bills(
+        conn, NIGHT, [q.NewBill(owner, at, plan_bills(BillCreation.DAILY, NIGHT, [session])[0])]
+    )
+    found: dict[str, list[Session]] = {}
+    for tz in set(tz_of.values()):
+        ids = [a for a, z in tz_of.items() if z == tz]
+        found.update(listed_open_sessions(conn, ids, NIGHT, cal.bills_instant(NIGHT, tz)))
+    savepoint.rollback()
+    for account_id, tz in tz_of.items():
+        open_ids = [sid for sid in listed[account_id] if sid != taken]
+        expected = load_sessions_by_ids(conn, open_ids, cal.bills_instant(NIGHT, tz))
+        assert found[account_id] == expected
+    every = {s.id: s for ss in found.values() for s in ss}
+    assert len(every) > 100
+    assert taken not in every
+    assert [(x.cpt, x.fee_cents) for x in every[new_fee].services] == [("90837", 12345)]
 
 
 def test_resolved_settings_read_again_at_autopay_only_when_a_change_falls_between() -> None:
