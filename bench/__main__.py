@@ -354,6 +354,18 @@ def _year(owner: Engine, size: Size, url: str, label: str) -> None:
                 run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
                 raise_on_error=True,
             )
+            # Each asset's step: from its start to its success, in the run's event log.
+            steps = []
+            started_at: dict[str, float] = {}
+            for entry in instance.all_logs(result.run_id):
+                kind = entry.dagster_event.event_type_value if entry.dagster_event else None
+                if entry.step_key is None or kind is None:
+                    continue
+                if kind == "STEP_START":
+                    started_at[entry.step_key] = entry.timestamp
+                elif kind == "STEP_SUCCESS":
+                    took = entry.timestamp - started_at.get(entry.step_key, entry.timestamp)
+                    steps.append(f"  step {entry.step_key}: {took:.1f} s\n")
         failed = [
             c.check_name
             for c in result.get_asset_check_evaluations()
@@ -361,6 +373,9 @@ def _year(owner: Engine, size: Size, url: str, label: str) -> None:
         ]
         if failed:
             raise RuntimeError(f"year: checks failed: {failed}")
+        for line in steps:
+            sys.stdout.write(line)
+        sys.stdout.flush()
 
     measured = _in_child(work)
     with owner.connect() as conn:
