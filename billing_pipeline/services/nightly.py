@@ -463,6 +463,11 @@ def record_resolved_settings_over(
         held.update({a: (p, at) for a, p in load_practices(conn, again, at).items()})
         return {a.id: held[a.id][0] for a in group}
 
+    # A practice's rows are a function of the practice at 00:00, at 00:30 and the month of
+    # AutoPay's run date (a card is good through its expiry month): while these stay the
+    # same objects and month, the night's rows are the last ones with the night changed.
+    last: dict[str, tuple[Practice, Practice, tuple[int, int], list[dict[str, object]]]] = {}
+    last_figures: dict[str, NightFigures] = {}
     out: list[NightFigures] = []
     for night in nights:
         at_midnight: dict[str, Practice] = {}
@@ -470,7 +475,28 @@ def record_resolved_settings_over(
         for tz, group in zones.items():
             at_midnight.update(as_of(group, cal.bills_instant(night, tz)))
             at_autopay.update(as_of(group, cal.autopay_instant(night, tz)))
-        rows, figures = _resolved_rows([at_midnight[a] for a in ids], at_autopay, night)
+        rows: list[dict[str, object]] = []
+        figures: list[NightFigures] = []
+        for a in ids:
+            midnight, autopay = at_midnight[a], at_autopay[a]
+            run_date = autopay_run_date(autopay, night)
+            month = (run_date.year, run_date.month)
+            held_rows = last.get(a)
+            if (
+                held_rows is not None
+                and held_rows[0] is midnight
+                and held_rows[1] is autopay
+                and held_rows[2] == month
+            ):
+                mine = [{**r, "night": night} for r in held_rows[3]]
+                was = last_figures[a]
+                one = NightFigures(a, night, Counter(was.counts), was.amount_cents, list(was.ids))
+            else:
+                mine, [one] = _resolved_rows([midnight], {a: autopay}, night)
+            last[a] = (midnight, autopay, month, mine)
+            last_figures[a] = one
+            rows.extend(mine)
+            figures.append(one)
         q.replace_rows(conn, m.ResolvedSettings, ids, night, rows)
         q.mark_steps(
             conn,

@@ -326,11 +326,13 @@ def test_a_range_of_nights_resolves_the_settings_night_after_night_does() -> Non
     """`record_resolved_settings_over` reads a practice again only when a change takes
     effect since it was last read: its rows, steps done and figures equal those of the nights
     done one after the other (each practice read as of 00:00, AutoPay's decision as of
-    00:30), with changes at a night's 00:00, between 00:00 and 00:30, and mid-day."""
+    00:30), with changes at a night's 00:00, between 00:00 and 00:30, and mid-day, and a card
+    that expires at the end of the range's first month (rows of a practice left unchanged
+    are the last night's only within a month)."""
     service_url = create_pg_database(migrated=True)
     owner = make_engine(as_role(service_url, "postgres"))
     service = make_engine(service_url)
-    nights = [NIGHT - timedelta(days=d) for d in range(4, -1, -1)]
+    nights = [date(2026, 10, 28) + timedelta(days=d) for d in range(5)]  # Oct 28 .. Nov 1
     try:
         generate(owner, Size(accounts=6, sessions_per_night=20), NIGHT, history_days=2)
         with owner.begin() as conn:
@@ -338,11 +340,32 @@ def test_a_range_of_nights_resolves_the_settings_night_after_night_does() -> Non
                 text(
                     "SELECT c.id, c.account_id, a.timezone FROM clients c "
                     "JOIN accounts a ON a.id = c.account_id "
-                    "WHERE a.autopay_enabled AND c.autopay_enabled "
-                    "AND c.payment_method_id IS NOT NULL ORDER BY c.id LIMIT 4"
+                    "JOIN payment_methods p ON p.id = c.payment_method_id "
+                    "WHERE a.autopay_enabled AND c.autopay_enabled AND p.exp_year > 2026 "
+                    "AND c.billing_contact_id IS NULL ORDER BY c.id LIMIT 4"
                 )
             ).all()
             (c1, a1, tz1), (c2, a2, tz2), (c3, a3, _), (c4, a4, _) = clients
+            # A client of a practice with no change at all: its rows are reused night after
+            # night, but not across the month end that expires its card.
+            c5 = conn.execute(
+                text(
+                    "SELECT c.id FROM clients c JOIN accounts a ON a.id = c.account_id "
+                    "JOIN payment_methods p ON p.id = c.payment_method_id "
+                    "WHERE a.autopay_enabled AND c.autopay_enabled AND p.exp_year > 2026 "
+                    "AND c.billing_contact_id IS NULL AND c.account_id NOT IN (:a1, :a2, :a3, :a4) "
+                    "AND NOT EXISTS (SELECT 1 FROM setting_changes x "
+                    "WHERE x.account_id = c.account_id) ORDER BY c.id LIMIT 1"
+                ),
+                {"a1": a1, "a2": a2, "a3": a3, "a4": a4},
+            ).scalar_one()
+            conn.execute(
+                text(
+                    "UPDATE payment_methods SET exp_year = 2026, exp_month = 10 "
+                    "WHERE id = (SELECT payment_method_id FROM clients WHERE id = :c)"
+                ),
+                {"c": c5},
+            )
             second, third = nights[1], nights[2]
             at_midnight = cal.bills_instant(second, tz1)
             between = cal.bills_instant(third, tz2) + timedelta(minutes=15)
@@ -390,7 +413,9 @@ def test_a_range_of_nights_resolves_the_settings_night_after_night_does() -> Non
         assert ranged == night_by_night
         rows = {(r[0], r[1]): r for r in ranged[0]}
         assert len(rows) > 100 * len(nights)
-        autopay = {(n, c): rows[(n, c)][6] for n in nights for c in (c1, c2)}
+        autopay = {(n, c): rows[(n, c)][6] for n in nights for c in (c1, c2, c5)}
+        # AutoPay runs on the next local day: the card is good through October's last day.
+        assert autopay[(nights[2], c5)] and not autopay[(nights[3], c5)]
         assert autopay[(nights[0], c1)] and not autopay[(second, c1)]
         assert autopay[(second, c2)] and not autopay[(third, c2)]  # at 00:30 of the third
     finally:
