@@ -134,8 +134,9 @@ def scenario_load(path: Path) -> None:
     """Validate PATH whole, then write it in one transaction (cards go to Stripe).
 
     With BILLING_DATABASE_URL set, PATH is added to that database. On the embedded default, a
-    file that names accounts goes into a new embedded database when the old one already holds
-    accounts; the old one is kept beside it under a dated name.
+    self-contained file (every record belongs to its own accounts) goes into a new embedded
+    database when the old one already holds accounts; the old one is kept beside it under a
+    dated name. A file that refers to loaded records is added to it.
     """
     from billing_pipeline.config import DATABASE_URL_ENV, embedded_database_path
     from billing_pipeline.resources.payments import PaymentsNotConfigured

@@ -36,7 +36,7 @@ _COMPANIONS = ("-wal", "-shm", "-journal")
 @dataclass(frozen=True)
 class EmbeddedLoad:
     summary: LoadSummary
-    kept_as: Path | None  # where the database that held other accounts went, if it moved
+    kept_as: Path | None  # where the database that already held accounts went, if it moved
     held: tuple[str, ...]  # the first account ids it held (at most HELD_SHOWN + 1)
 
 
