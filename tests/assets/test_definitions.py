@@ -53,6 +53,7 @@ PER_PRACTICE_HELPERS = {
     "for_each_practice_night",
     "for_each_night_of",
     "for_each_account_night_of",
+    "for_each_account_nights_of",
 }
 # Assets that do not walk the practices' nights, with why they have no per-practice check.
 NOT_PER_PRACTICE = {
