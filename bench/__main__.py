@@ -290,10 +290,25 @@ def run_url(owner_url: str, role: str) -> str:
 YEAR_DAYS = 365
 
 
-def _year(owner: Engine, size: Size, url: str, label: str) -> None:
+# What a `--year` run wrote, deleted before the run again on the same year (`--reuse`): the
+# generated history has no bill on the last night (its sessions are the open ones), so the
+# run's bills are the last night's.
+YEAR_RESET_SQL = (
+    *RESET_SQL,
+    "DELETE FROM eligible_sessions",
+    "DELETE FROM resolved_settings",
+    "DELETE FROM night_steps WHERE step <> 'autopay'",
+    "DELETE FROM night_step_tries",
+    "DELETE FROM check_flags",
+)
+YEAR_VACUUMED = (*VACUUMED, "night_step_tries")
+
+
+def _year(owner: Engine, size: Size, url: str, label: str, reuse: bool = False) -> None:
     """`--year`: generate a year of sessions, none billed, and materialise the chain over
     the year's 365 nights in one in-process run tagged with the partition range (what the
-    backfill daemon launches for assets with `BackfillPolicy.single_run()`)."""
+    backfill daemon launches for assets with `BackfillPolicy.single_run()`). `reuse`: on
+    the year an earlier `--year` generated there, with what its run wrote deleted first."""
     import dagster as dg
     from dagster._core.storage.tags import (
         ASSET_PARTITION_RANGE_END_TAG,
@@ -306,21 +321,31 @@ def _year(owner: Engine, size: Size, url: str, label: str) -> None:
 
     first = NIGHT - timedelta(days=YEAR_DAYS - 1)
     started = time.perf_counter()
-    # Every night before the last already ran (each practice's sessions billed, whatever its
-    # cadence): the backfill re-runs the year after a fix, and bills what no night billed.
-    made = generate(
-        owner,
-        size,
-        NIGHT,
-        history_days=YEAR_DAYS - 1,
-        billed_cadences=("daily", "monthly", "manual"),
-    )
     out = sys.stdout
-    out.write(
-        f"{label} --year: {made.accounts} practices, {made.clients} clients, {made.sessions} "
-        f"sessions over {first}..{NIGHT}, {made.billed_history} billed before; generated in "
-        f"{time.perf_counter() - started:.1f} s\n"
-    )
+    if reuse and _has_practices(owner):
+        with owner.begin() as conn:
+            for sql in YEAR_RESET_SQL:
+                conn.execute(text(sql), {"n": NIGHT})
+        with owner.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f"VACUUM ANALYZE {', '.join(YEAR_VACUUMED)}"))
+        out.write(f"{label} --year: reusing the year there, reset in ")
+        out.write(f"{time.perf_counter() - started:.1f} s\n")
+    else:
+        # Every night before the last already ran (each practice's sessions billed, whatever
+        # its cadence): the backfill re-runs the year after a fix, and bills what no night
+        # billed.
+        made = generate(
+            owner,
+            size,
+            NIGHT,
+            history_days=YEAR_DAYS - 1,
+            billed_cadences=("daily", "monthly", "manual"),
+        )
+        out.write(
+            f"{label} --year: {made.accounts} practices, {made.clients} clients, "
+            f"{made.sessions} sessions over {first}..{NIGHT}, {made.billed_history} billed "
+            f"before; generated in {time.perf_counter() - started:.1f} s\n"
+        )
     out.flush()
     with owner.begin() as conn:  # AutoPay is left out: each night's AutoPay step recorded done
         conn.execute(
@@ -328,7 +353,7 @@ def _year(owner: Engine, size: Size, url: str, label: str) -> None:
                 "INSERT INTO night_steps (account_id, night, step, completed_at, run_id) "
                 "SELECT a.id, d::date, 'autopay', now() AT TIME ZONE 'UTC', 'bench' "
                 "FROM accounts a, generate_series(CAST(:f AS date), CAST(:n AS date), "
-                "interval '1 day') d"
+                "interval '1 day') d ON CONFLICT DO NOTHING"
             ),
             {"f": first, "n": NIGHT},
         )
@@ -354,6 +379,18 @@ def _year(owner: Engine, size: Size, url: str, label: str) -> None:
                 run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
                 raise_on_error=True,
             )
+            # Each asset's step: from its start to its success, in the run's event log.
+            steps = []
+            started_at: dict[str, float] = {}
+            for entry in instance.all_logs(result.run_id):
+                kind = entry.dagster_event.event_type_value if entry.dagster_event else None
+                if entry.step_key is None or kind is None:
+                    continue
+                if kind == "STEP_START":
+                    started_at[entry.step_key] = entry.timestamp
+                elif kind == "STEP_SUCCESS":
+                    took = entry.timestamp - started_at.get(entry.step_key, entry.timestamp)
+                    steps.append(f"  step {entry.step_key}: {took:.1f} s\n")
         failed = [
             c.check_name
             for c in result.get_asset_check_evaluations()
@@ -361,6 +398,9 @@ def _year(owner: Engine, size: Size, url: str, label: str) -> None:
         ]
         if failed:
             raise RuntimeError(f"year: checks failed: {failed}")
+        for line in steps:
+            sys.stdout.write(line)
+        sys.stdout.flush()
 
     measured = _in_child(work)
     with owner.connect() as conn:
@@ -417,7 +457,7 @@ def main() -> None:
         owner = _engine(owner_url)
         out = sys.stdout
         if args.year:
-            _year(owner, size, run_url(owner_url, args.role), args.size)
+            _year(owner, size, run_url(owner_url, args.role), args.size, args.reuse)
             owner.dispose()
             return
         if args.reuse and _has_practices(owner):

@@ -4,11 +4,12 @@ import dagster as dg
 
 from billing_pipeline.assets.common import (
     BILLING_OPS,
+    for_each_account_nights_of,
     for_each_night,
-    for_each_night_of,
     nightly_asset,
     practice_check,
     practice_check_spec,
+    reading_practices,
     summarize,
 )
 from billing_pipeline.assets.sessions import eligible_sessions, resolved_settings
@@ -17,7 +18,11 @@ from billing_pipeline.db import models as m
 from billing_pipeline.domain.schedule import Step
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
-from billing_pipeline.services.nightly import create_bills_of, create_superbills
+from billing_pipeline.services.nightly import (
+    create_bills_of,
+    create_bills_over,
+    create_superbills,
+)
 
 
 @nightly_asset(
@@ -47,12 +52,17 @@ def bills(
     queued with it."""
     run_id = context.run.run_id
     failed: dict[str, str] = {}
-    figures = for_each_night_of(
+    figures = for_each_account_nights_of(
         context,
         db,
         clock,
         Step.BILLS,
-        lambda conn, batch, night: create_bills_of(conn, batch, night, run_id),
+        # A backfill's range: only the practices with eligible sessions on a night are read.
+        lambda conn, accounts, nights: create_bills_over(conn, accounts, nights, run_id),
+        reading_practices(
+            lambda conn, batch, night: create_bills_of(conn, batch, night, run_id),
+            cards=False,  # bills plan from bill creation, sharing and contacts: no card read
+        ),
         failed,
     )
     with db.engine.connect() as conn:

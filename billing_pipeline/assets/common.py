@@ -276,12 +276,22 @@ def for_each_night_of(
     step: Step,
     work: PracticesWork,
     failed: dict[str, str],
+    *,
+    cards: bool = True,
 ) -> list[NightFigures]:
     """`for_each_night` with many practices per transaction: `work` takes a batch of
     practices (each read as it stood at its step's instant) and does their night in a few
     statements. A batch that fails is rolled back and done again one practice per
     transaction, so a practice whose data breaks the step fails alone, as in
-    `for_each_night`."""
+    `for_each_night`. `cards=False`: the practices are read without cards
+    (`load_practices`), for work that decides nothing about payment."""
+    return for_each_account_night_of(
+        context, db, clock, step, reading_practices(work, cards=cards), failed
+    )
+
+
+def reading_practices(work: PracticesWork, *, cards: bool = True) -> AccountsWork:
+    """`work` given each practice of the batch read as it stood at its step's instant."""
 
     def load(
         conn: Connection, batch: list[tuple[AccountView, datetime]], night: date
@@ -291,10 +301,10 @@ def for_each_night_of(
             at_of.setdefault(at, []).append(account.id)
         practices: dict[str, Practice] = {}
         for at, ids in at_of.items():
-            practices.update(load_practices(conn, ids, at))
+            practices.update(load_practices(conn, ids, at, cards=cards))
         return work(conn, [(practices[a.id], at) for a, at in batch], night)
 
-    return for_each_account_night_of(context, db, clock, step, load, failed)
+    return load
 
 
 def for_each_account_night_of(
@@ -306,10 +316,92 @@ def for_each_account_night_of(
     failed: dict[str, str],
 ) -> list[NightFigures]:
     """`for_each_night_of` for work that reads no practice's settings (ids are enough)."""
+    accounts = run_accounts(context, db)
+    return _account_nights(context, db, clock, step, work, failed, accounts, run_nights(context))
+
+
+# How many nights of a backfill's range one transaction does when the work takes ranges
+# (BILLING_NIGHTS_PER_TRANSACTION overrides it).
+NIGHTS_PER_TRANSACTION = 92
+
+NightsWork = Callable[[Connection, list[AccountView], list[date]], list[NightFigures]]
+
+
+def for_each_account_nights_of(
+    context: dg.AssetExecutionContext,
+    db: BillingDatabase,
+    clock: Clock,
+    step: Step,
+    range_work: NightsWork | None,
+    work: AccountsWork,
+    failed: dict[str, str],
+) -> list[NightFigures]:
+    """`for_each_account_night_of` with `range_work`, which does many nights of a batch of
+    practices in a few statements (a backfill's range): used for the practices whose every
+    night of the run is due, in transactions of up to `NIGHTS_PER_TRANSACTION` nights. A
+    range that fails is rolled back, and its nights and the later ones are done night by
+    night by `work` (a practice whose data breaks the step then fails alone). A run of one
+    night, the test-only fault hook, or no `range_work`: night by night."""
     size = _batch_size()
     accounts = run_accounts(context, db)
+    nights = run_nights(context)
+    if range_work is None or len(nights) < 2 or size == 1:
+        return _account_nights(context, db, clock, step, work, failed, accounts, nights)
+    per_night: list[AccountView] = []
+    ranged: list[AccountView] = []
+    for account in accounts:
+        try:
+            due = all(
+                clock.is_due(step_instant(n, account.timezone, step), account.timezone)
+                for n in nights
+            )
+        except Exception:  # its zone is bad: the night-by-night path fails it alone
+            due = False
+        (ranged if due else per_night).append(account)
+    chunk = whole_number_setting(
+        "BILLING_NIGHTS_PER_TRANSACTION", NIGHTS_PER_TRANSACTION, 1, 100_000
+    )
     figures: list[NightFigures] = []
-    for night in run_nights(context):
+    for first in range(0, len(ranged), size):
+        batch = ranged[first : first + size]
+        for start in range(0, len(nights), chunk):
+            some = nights[start : start + chunk]
+            try:
+                figures.extend(db.transact(partial(_as_range, range_work, batch, some)))
+            except Exception as exc:
+                context.log.warning(
+                    f"a range of {len(some)} nights from {some[0]} for {len(batch)} practices "
+                    f"failed ({type(exc).__name__}); they are done again night by night"
+                )
+                figures.extend(
+                    _account_nights(context, db, clock, step, work, failed, batch, nights[start:])
+                )
+                break
+    if per_night:
+        figures.extend(_account_nights(context, db, clock, step, work, failed, per_night, nights))
+    order = {a.id: i for i, a in enumerate(accounts)}
+    return sorted(figures, key=lambda f: (f.night, order[f.account_id]))
+
+
+def _as_range(
+    work: NightsWork, batch: list[AccountView], nights: list[date], conn: Connection
+) -> list[NightFigures]:
+    return work(conn, batch, nights)
+
+
+def _account_nights(
+    context: dg.AssetExecutionContext,
+    db: BillingDatabase,
+    clock: Clock,
+    step: Step,
+    work: AccountsWork,
+    failed: dict[str, str],
+    accounts: Sequence[AccountView],
+    nights: Sequence[date],
+) -> list[NightFigures]:
+    size = _batch_size()
+    figures: list[NightFigures] = []
+    for night in nights:
         slots: dict[str, NightFigures] = {}
         due: list[tuple[AccountView, datetime]] = []
         for account in accounts:

@@ -4,21 +4,24 @@ import dagster as dg
 
 from billing_pipeline.assets.common import (
     BILLING_OPS,
-    for_each_account_night_of,
-    for_each_night_of,
+    for_each_account_nights_of,
     nightly_asset,
     practice_check,
     practice_check_spec,
+    reading_practices,
     summarize,
 )
 from billing_pipeline.checks.invariants import imported_sessions_have_cpt_codes
 from billing_pipeline.db import models as m
+from billing_pipeline.db.eligibility import sql_decides
 from billing_pipeline.domain.schedule import Step
 from billing_pipeline.resources.clock import Clock
 from billing_pipeline.resources.database import BillingDatabase
 from billing_pipeline.services.nightly import (
     record_eligible_sessions_of_accounts,
+    record_eligible_sessions_over,
     record_resolved_settings_of,
+    record_resolved_settings_over,
 )
 
 # The figures each night's resolved_settings shows first.
@@ -57,8 +60,11 @@ def eligible_sessions(
     dated on or before the night and at most 90 days before it, on no bill yet. Imported
     sessions without CPT codes are left out and flagged for staff."""
     failed: dict[str, str] = {}
-    figures = for_each_account_night_of(
-        context, db, clock, Step.BILLS, record_eligible_sessions_of_accounts, failed
+    with db.engine.connect() as conn:
+        # A backfill's range in a few statements where the database decides eligibility.
+        ranged = record_eligible_sessions_over if sql_decides(conn) else None
+    figures = for_each_account_nights_of(
+        context, db, clock, Step.BILLS, ranged, record_eligible_sessions_of_accounts, failed
     )
     # The sessions the run's nights met without a CPT code (each night's figures list them).
     met = {sid for f in figures for sid in f.ids}
@@ -87,13 +93,16 @@ def resolved_settings(
     account, everything else from the client, and whether AutoPay may charge them, with the
     reason when it may not."""
     failed: dict[str, str] = {}
-    figures = for_each_night_of(
+    figures = for_each_account_nights_of(
         context,
         db,
         clock,
         Step.BILLS,
-        lambda conn, batch, night: record_resolved_settings_of(
-            conn, [p for p, _ in batch], night, {p.account.id: at for p, at in batch}
+        record_resolved_settings_over,  # a backfill's range: practices read again on changes
+        reading_practices(
+            lambda conn, batch, night: record_resolved_settings_of(
+                conn, [p for p, _ in batch], night, {p.account.id: at for p, at in batch}
+            )
         ),
         failed,
     )

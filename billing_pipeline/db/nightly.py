@@ -31,6 +31,10 @@ def replace_rows(
     insert_rows(conn, table, rows)
 
 
+def insert_eligible_rows(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    insert_rows(conn, m.EligibleSession, rows)
+
+
 def _of(column: Any, ids: Sequence[str]) -> ColumnElement[bool]:
     """`column = id` for one id (the query one practice always made), else `IN`."""
     return column == ids[0] if len(ids) == 1 else column.in_(list(ids))
@@ -51,6 +55,20 @@ def eligible_session_ids_of(
     ):
         found[account_id].append(session_id)
     return found
+
+
+def accounts_listed(conn: Connection, account_ids: Sequence[str], night: date) -> set[str]:
+    """Those of these accounts with `eligible_sessions` rows on the night."""
+    if not account_ids:
+        return set()
+    t = m.EligibleSession
+    return set(
+        conn.execute(
+            select(t.account_id)
+            .where(and_(t.night == night, _of(t.account_id, account_ids)))
+            .distinct()
+        ).scalars()
+    )
 
 
 def eligible_session_ids(conn: Connection, account_id: str, night: date) -> list[str]:

@@ -265,10 +265,13 @@ def _of(column: Any, ids: Sequence[str]) -> Any:
 
 
 def load_practices(
-    conn: Connection, account_ids: Sequence[str], at: datetime | None = None
+    conn: Connection, account_ids: Sequence[str], at: datetime | None = None, *, cards: bool = True
 ) -> dict[str, Practice]:
     """`load_practice` of several practices as they stood at the same instant, in five
-    queries whatever their number (practices in one zone share their nights' instants)."""
+    queries whatever their number (practices in one zone share their nights' instants).
+    `cards=False`: no card is read (every client's and contact's `card` is None), for a step
+    that decides nothing about payment (bills: what it plans needs bill creation, sharing and
+    billing contact ids)."""
     ids = list(account_ids)
     if not ids:
         return {}
@@ -285,7 +288,7 @@ def load_practices(
     missing = [a for a in ids if a not in accounts]
     if missing:  # as `.one()` did for one practice
         raise NoResultFound(f"no account {missing[0]}")
-    cards = _cards_of(conn, ids)
+    found_cards = _cards_of(conn, ids) if cards else {}
     contacts: dict[str, dict[str, ContactView]] = {a: {} for a in ids}
     for r in conn.execute(
         select(
@@ -299,7 +302,7 @@ def load_practices(
             {f: getattr(r, f) for f in CONTACT_FIELDS}, own.get((BILLING_CONTACT, r.id), {})
         )
         contacts[r.account_id][r.id] = ContactView(
-            r.id, bool(values["autopay_enabled"]), cards.get(values["payment_method_id"])
+            r.id, bool(values["autopay_enabled"]), found_cards.get(values["payment_method_id"])
         )
     clients: dict[str, dict[str, ClientView]] = {a: {} for a in ids}
     rows = conn.execute(select(*CLIENT_SETTINGS_COLUMNS).where(_of(m.Client.account_id, ids)))
@@ -316,7 +319,7 @@ def load_practices(
             superbills_enabled=bool(values["superbills_enabled"]),
             autopay_enabled=bool(values["autopay_enabled"]),
             sharing=_sharing(values),
-            card=cards.get(values["payment_method_id"]),
+            card=found_cards.get(values["payment_method_id"]),
         )
     return {a: Practice(accounts[a], clients[a], contacts[a]) for a in ids}
 
@@ -337,6 +340,50 @@ def auto_bill_at(
     c = m.Client
     rows = conn.execute(select(c.id, c.account_id, c.auto_bill).where(_of(c.account_id, ids)))
     return {cid: (aid, bool(changed.get(cid, auto_bill))) for cid, aid, auto_bill in rows.all()}
+
+
+def auto_bill_history(
+    conn: Connection, account_ids: Sequence[str]
+) -> dict[str, tuple[str, bool, list[Change[bool]]]]:
+    """{client id: (account id, the client's `auto_bill` as created, its changes in instant
+    order)} of these accounts' clients: `auto_bill_at` at every instant, in two queries."""
+    ids = list(account_ids)
+    if not ids:
+        return {}
+    query = select(m.SettingChange.__table__).where(
+        and_(
+            _of(m.SettingChange.account_id, ids),
+            m.SettingChange.subject == CLIENT,
+            m.SettingChange.field == "auto_bill",
+        )
+    )
+    changes: dict[str, list[Change[bool]]] = {}
+    for key, change in _changes(conn.execute(query)):
+        changes.setdefault(key[1], []).append(Change(change.at, bool(change.value)))
+    for found in changes.values():
+        found.sort(key=lambda c: c.at)
+    c = m.Client
+    rows = conn.execute(select(c.id, c.account_id, c.auto_bill).where(_of(c.account_id, ids)))
+    return {cid: (aid, bool(auto_bill), changes.get(cid, [])) for cid, aid, auto_bill in rows.all()}
+
+
+def change_instants(
+    conn: Connection, account_ids: Sequence[str], after: datetime, upto: datetime
+) -> dict[str, list[datetime]]:
+    """{account id: the instants in (after, upto] from which one of its changes is in force,
+    in order}: `accounts_changed_between` for every sub-interval, in one query."""
+    if not account_ids:
+        return {}
+    c = m.SettingChange
+    found: dict[str, list[datetime]] = {}
+    for account_id, at in conn.execute(
+        select(c.account_id, c.effective_at)
+        .where(and_(_of(c.account_id, account_ids), c.effective_at > after))
+        .where(c.effective_at <= upto)
+        .order_by(c.account_id, c.effective_at)
+    ):
+        found.setdefault(account_id, []).append(at)
+    return found
 
 
 def accounts_changed_between(
@@ -415,10 +462,15 @@ def sessions_with_cpt(
 
 
 def services_at(
-    conn: Connection, session_ids: Sequence[str], at: datetime | None = None
+    conn: Connection,
+    session_ids: Sequence[str],
+    at: datetime | None = None,
+    *,
+    as_created: bool = False,
 ) -> dict[str, tuple[Service, ...]]:
     """Each of these sessions' services as in force at instant `at` (None: the latest): the
-    session's own rows, unless a `session_services` change in force replaced them."""
+    session's own rows, unless a `session_services` change in force replaced them.
+    `as_created`: the own rows only, whatever the changes (`services_changes` has them)."""
     ids = list(session_ids)
     services: dict[str, list[Service]] = {i: [] for i in ids}
     for chunk_start in range(0, len(ids), 500):
@@ -429,8 +481,30 @@ def services_at(
         ):
             modifiers = tuple(x for x in (s.modifiers or "").split(",") if x)
             services[s.session_id].append(Service(s.cpt, s.units, s.fee_cents, modifiers))
-    changed = _services_in_force(conn, ids, at)
+    changed = {} if as_created else _services_in_force(conn, ids, at)
     return {i: changed.get(i, tuple(services[i])) for i in ids}
+
+
+def services_changes(
+    conn: Connection, session_ids: Sequence[str]
+) -> dict[str, list[Change[tuple[Service, ...]]]]:
+    """Every services change of these sessions (those with none are absent), in instant
+    order: with `services_at(..., as_created=True)`, what each instant's services are."""
+    ids = list(session_ids)
+    found: dict[str, list[Change[tuple[Service, ...]]]] = {}
+    for i in range(0, len(ids), 500):
+        query = select(m.SettingChange.__table__).where(
+            and_(
+                m.SettingChange.subject == SESSION,
+                m.SettingChange.field == SERVICES,
+                m.SettingChange.subject_id.in_(ids[i : i + 500]),
+            )
+        )
+        for key, change in _changes(conn.execute(query)):
+            found.setdefault(key[1], []).append(Change(change.at, services_from_json(change.value)))
+    for changes in found.values():
+        changes.sort(key=lambda c: c.at)
+    return found
 
 
 def load_sessions(
@@ -467,11 +541,13 @@ def load_sessions_of_accounts(
     *,
     leave_out_billed_native: bool = False,
     where: Sequence[ColumnElement[bool]] = (),
+    as_created: bool = False,
 ) -> list[Session]:
     """`load_sessions` of every client of these accounts (a join, not a list of clients).
     `leave_out_billed_native`: without the native sessions already on a bill (most of a
     look-back window), which a night neither bills nor flags. `where`: only the sessions
-    that meet these conditions too."""
+    that meet these conditions too. `as_created`: with their own services rows, whatever
+    the changes (`at` unused)."""
     if not account_ids:
         return []
     clients = select(m.Client.id).where(_of(m.Client.account_id, account_ids))
@@ -489,7 +565,7 @@ def load_sessions_of_accounts(
         .where(and_(*where))
         .order_by(m.SessionRow.starts_at, m.SessionRow.id)
     ).all()
-    return _with_services(conn, srows, at)
+    return _with_services(conn, srows, at, as_created)
 
 
 def load_sessions_by_ids(
@@ -508,11 +584,11 @@ def load_sessions_by_ids(
 
 
 def _with_services(
-    conn: Connection, srows: Sequence[Row[Any]], at: datetime | None
+    conn: Connection, srows: Sequence[Row[Any]], at: datetime | None, as_created: bool = False
 ) -> list[Session]:
     if not srows:
         return []
-    services = services_at(conn, [r.id for r in srows], at)
+    services = services_at(conn, [r.id for r in srows], at, as_created=as_created)
     return [
         Session(
             id=r.id,
@@ -525,6 +601,77 @@ def _with_services(
         )
         for r in srows
     ]
+
+
+def listed_open_sessions(
+    conn: Connection, account_ids: Sequence[str], night: date, at: datetime
+) -> dict[str, list[Session]]:
+    """{account id: the sessions of its night's `eligible_sessions` rows that are on no bill,
+    with the services in force at instant `at`, in order of start}: what
+    `load_sessions_by_ids(listed - billed_session_ids(listed), at)` gives, in two statements
+    (the rows joined with their sessions and services; the services changes of the listed
+    sessions) instead of four chunked reads per 500 sessions."""
+    found: dict[str, list[Session]] = {a: [] for a in account_ids}
+    if not account_ids:
+        return found
+    e, s, ss = m.EligibleSession, m.SessionRow, m.SessionService
+    listed = and_(e.night == night, _of(e.account_id, account_ids))
+    billed = select(m.BillSession.session_id).where(m.BillSession.session_id == e.session_id)
+    rows = conn.execute(
+        select(
+            e.account_id,
+            s.id,
+            s.client_id,
+            s.starts_at,
+            s.status,
+            s.source,
+            s.place_of_service,
+            ss.cpt,
+            ss.units,
+            ss.fee_cents,
+            ss.modifiers,
+        )
+        .select_from(e)
+        .join(s, s.id == e.session_id)
+        .outerjoin(ss, ss.session_id == s.id)
+        .where(and_(listed, ~billed.exists()))
+        .order_by(s.starts_at, s.id, ss.position)
+    ).all()
+    changes = conn.execute(
+        select(m.SettingChange.__table__).where(
+            and_(
+                m.SettingChange.subject == SESSION,
+                m.SettingChange.field == SERVICES,
+                m.SettingChange.effective_at <= at,
+                m.SettingChange.subject_id.in_(select(e.session_id).where(listed)),
+            )
+        )
+    )
+    changed = {
+        key[1]: services_from_json(c.value) for key, c in values_at(_changes(changes), at).items()
+    }
+    head: list[tuple[str, Any]] = []  # (account id, the session's row), in order of start
+    services: dict[str, list[Service]] = {}
+    for r in rows:
+        if r.id not in services:
+            services[r.id] = []
+            head.append((r.account_id, r))
+        if r.units is not None:  # a session with no services has one row of NULLs
+            modifiers = tuple(x for x in (r.modifiers or "").split(",") if x)
+            services[r.id].append(Service(r.cpt, r.units, r.fee_cents, modifiers))
+    for account_id, r in head:
+        found[account_id].append(
+            Session(
+                id=r.id,
+                client_id=r.client_id,
+                starts_at=r.starts_at,
+                status=SessionStatus(r.status),
+                source=SessionSource(r.source),
+                place_of_service=r.place_of_service,
+                services=changed.get(r.id, tuple(services[r.id])),
+            )
+        )
+    return found
 
 
 def billed_session_ids(conn: Connection, session_ids: Sequence[str]) -> set[str]:

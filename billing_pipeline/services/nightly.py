@@ -5,24 +5,36 @@ refuse it and the caller retries the transaction, which then finds the work done
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
 from sqlalchemy import Connection
 
 from billing_pipeline.db import models as m
 from billing_pipeline.db import nightly as q
-from billing_pipeline.db.eligibility import insert_decided, load_undecided, sql_decides
+from billing_pipeline.db.eligibility import (
+    Window,
+    delete_nights,
+    insert_decided,
+    insert_decided_over,
+    load_undecided,
+    load_undecided_over,
+    sql_decides,
+)
 from billing_pipeline.db.store import (
     accounts_changed_between,
     auto_bill_at,
+    auto_bill_history,
     billed_session_ids,
+    change_instants,
+    listed_open_sessions,
     load_practices,
     load_sessions,
-    load_sessions_by_ids,
     load_sessions_of_accounts,
+    services_changes,
 )
 from billing_pipeline.domain import calendar as cal
 from billing_pipeline.domain.billing import bills_due, plan_bills
@@ -34,6 +46,7 @@ from billing_pipeline.domain.documents import (
     statement_month,
     superbill_month,
 )
+from billing_pipeline.domain.history import value_at
 from billing_pipeline.domain.practice import AccountView, ClientView, Practice
 from billing_pipeline.domain.schedule import STEP_RECORDS, Step
 from billing_pipeline.domain.sessions import Session, needs_cpt_flag, why_not_eligible
@@ -244,10 +257,132 @@ def _record_eligible(
     return out
 
 
-def decide_autopay(practice: Practice, client: ClientView, night: date) -> AutopayDecision:
-    run_date = cal.local_date(
-        cal.autopay_instant(night, practice.account.timezone), practice.account.timezone
+def autopay_run_date(practice: Practice, night: date) -> date:
+    """The local date on which the night's AutoPay runs (a card expires by it)."""
+    tz = practice.account.timezone
+    return cal.local_date(cal.autopay_instant(night, tz), tz)
+
+
+def record_eligible_sessions_over(
+    conn: Connection, accounts: Sequence[AccountView], nights: Sequence[date]
+) -> list[NightFigures]:
+    """`record_eligible_sessions_of_accounts` for many nights (a backfill's range, in order)
+    on PostgreSQL, with the same rows, flags, steps done and figures as night after night,
+    in a few statements for the whole range instead of a few per night and zone:
+
+    - the sessions `db.eligibility` decides: every night's rows in one `INSERT ... SELECT`
+      (`insert_decided_over`);
+    - the others (imported, services changed, `auto_bill` switched) read once for the whole
+      look-back of the range, with their services as created, every services change and every
+      `auto_bill` change of their clients; each night then applies the Python rules
+      (`why_not_eligible`, `needs_cpt_flag`) to the sessions of its window, with the services
+      and `auto_bill` in force at its 00:00, as `record_eligible_sessions_of_accounts` does.
+
+    Bills are not written by this step, so the billed sessions are the same for every night
+    of the range: they are read once. A session is flagged on the first night of the range
+    that meets it, unless flagged before. Figures: night by night, in the order of
+    `accounts`."""
+    if not accounts or not nights:
+        return []
+    nights = sorted(nights)
+    ids = [a.id for a in accounts]
+    windows: list[Window] = []
+    for tz in _accounts_by_zone(accounts):
+        for night in nights:
+            start = cal.start_of_day(cal.lookback_start(night), tz)
+            windows.append((night, tz, start, cal.bills_instant(night, tz)))
+    delete_nights(conn, ids, nights)
+    written = insert_decided_over(conn, ids, windows)
+    first = min(w[2] for w in windows)
+    last = max(w[3] for w in windows)
+    undecided = load_undecided_over(conn, ids, first, last)
+    changes = services_changes(conn, [s.id for s in undecided])
+    billed = billed_session_ids(conn, [s.id for s in undecided])
+    auto_bill = auto_bill_history(conn, ids)
+    rows: list[dict[str, object]] = []
+    found: dict[tuple[str, date], tuple[list[Session], list[Session]]] = {}
+    for tz, group in _accounts_by_zone(accounts).items():
+        in_zone = {a.id for a in group}
+        sessions = [s for s in undecided if auto_bill[s.client_id][0] in in_zone]
+        for night in nights:
+            for a in group:
+                found[(a.id, night)] = ([], [])
+            start = cal.start_of_day(cal.lookback_start(night), tz)
+            midnight = cal.bills_instant(night, tz)
+            for as_created in sessions:
+                if not start <= as_created.starts_at < midnight:
+                    continue
+                account_id, created, switched = auto_bill[as_created.client_id]
+                history = changes.get(as_created.id)
+                s = (
+                    replace(as_created, services=value_at(as_created.services, history, midnight))
+                    if history
+                    else as_created
+                )
+                bills_client = value_at(created, switched, midnight) if switched else created
+                eligible, flagged = found[(account_id, night)]
+                why = why_not_eligible(s, tz, night, auto_bill=bills_client, billed=s.id in billed)
+                if why is None:
+                    eligible.append(s)
+                    rows.append(
+                        {
+                            "night": night,
+                            "session_id": s.id,
+                            "account_id": account_id,
+                            "client_id": s.client_id,
+                            "session_date": s.local_date(tz),
+                            "amount_cents": s.billable_amount_cents,
+                        }
+                    )
+                if needs_cpt_flag(s, tz, night):
+                    flagged.append(s)
+    q.insert_eligible_rows(conn, rows)
+    known = q.flagged_session_ids(
+        conn, IMPORTED_MISSING_CPT, {s.id for e, f in found.values() for s in f}
     )
+    flags: list[dict[str, object]] = []
+    out = []
+    for night in nights:
+        for account in accounts:
+            eligible, flagged = found[(account.id, night)]
+            new_flags = [s for s in flagged if s.id not in known]
+            known.update(s.id for s in new_flags)
+            flags.extend(
+                {
+                    "check": IMPORTED_MISSING_CPT,
+                    "session_id": s.id,
+                    "account_id": account.id,
+                    "client_id": s.client_id,
+                    "first_night": night,
+                }
+                for s in new_flags
+            )
+            in_db, cents = written.get((account.id, night), (0, 0))
+            figures = NightFigures(account.id, night)
+            figures.add("eligible_sessions", len(eligible) + in_db)
+            figures.add("imported_sessions_missing_cpt", len(flagged))
+            figures.add("new_flags", len(new_flags))
+            figures.amount_cents = cents + sum(s.billable_amount_cents for s in eligible)
+            figures.ids = [s.id for s in flagged]
+            out.append(figures)
+    q.insert_flags(conn, flags)
+    for night in nights:
+        q.mark_steps(
+            conn,
+            [(a.id, cal.bills_instant(night, a.timezone)) for a in accounts],
+            night,
+            ELIGIBLE,
+            None,
+        )
+    return out
+
+
+def decide_autopay(
+    practice: Practice, client: ClientView, night: date, run_date: date | None = None
+) -> AutopayDecision:
+    """`run_date`: `autopay_run_date(practice, night)`, when the caller has it already."""
+    if run_date is None:
+        run_date = autopay_run_date(practice, night)
     contact = practice.contact_of(client)
     return autopay_decision(
         account_autopay=practice.account.autopay_enabled,
@@ -286,15 +421,115 @@ def record_resolved_settings_of(
             at_autopay.update({p.account.id: p for p in same if p.account.id not in changed})
             again = [a for a in again if a not in at_autopay]
         at_autopay.update(load_practices(conn, again, autopay_at))
-    rows = []
+    rows, out = _resolved_rows(practices, at_autopay, night)
+    q.replace_rows(conn, m.ResolvedSettings, [p.account.id for p in practices], night, rows)
+    q.mark_steps(
+        conn,
+        [(p.account.id, cal.bills_instant(night, p.account.timezone)) for p in practices],
+        night,
+        RESOLVED,
+        None,
+    )
+    return out
+
+
+def record_resolved_settings_over(
+    conn: Connection, accounts: Sequence[AccountView], nights: Sequence[date]
+) -> list[NightFigures]:
+    """`record_resolved_settings_of` for many nights (a backfill's range, in order), each
+    practice read as of each night's 00:00 and AutoPay's 00:30 as there, but read again only
+    when a change takes effect between the instant it was last read as of and the next one
+    (`store.change_instants`: one query for the range): a practice's read depends on its
+    instant only through the changes in force then (`load_practices`). The rows, steps done
+    and figures are those of the nights done one after the other."""
+    if not accounts or not nights:
+        return []
+    nights = sorted(nights)
+    ids = [a.id for a in accounts]
+    zones = _accounts_by_zone(accounts)
+    earliest = min(cal.bills_instant(nights[0], tz) for tz in zones)
+    latest = max(cal.autopay_instant(nights[-1], tz) for tz in zones)
+    changes_at = change_instants(conn, ids, earliest, latest)
+    held: dict[str, tuple[Practice, datetime]] = {}
+
+    def as_of(group: Sequence[AccountView], at: datetime) -> dict[str, Practice]:
+        again = []
+        for a in group:
+            found = held.get(a.id)
+            if found is None or found[1] > at or _changed(changes_at.get(a.id, []), found[1], at):
+                again.append(a.id)
+            else:
+                held[a.id] = (found[0], at)  # the same practice at `at`
+        held.update({a: (p, at) for a, p in load_practices(conn, again, at).items()})
+        return {a.id: held[a.id][0] for a in group}
+
+    # A practice's rows are a function of the practice at 00:00, at 00:30 and the month of
+    # AutoPay's run date (a card is good through its expiry month): while these stay the
+    # same objects and month, the night's rows are the last ones with the night changed.
+    last: dict[str, tuple[Practice, Practice, tuple[int, int], list[dict[str, object]]]] = {}
+    last_figures: dict[str, NightFigures] = {}
+    out: list[NightFigures] = []
+    for night in nights:
+        at_midnight: dict[str, Practice] = {}
+        at_autopay: dict[str, Practice] = {}
+        for tz, group in zones.items():
+            at_midnight.update(as_of(group, cal.bills_instant(night, tz)))
+            at_autopay.update(as_of(group, cal.autopay_instant(night, tz)))
+        rows: list[dict[str, object]] = []
+        figures: list[NightFigures] = []
+        for a in ids:
+            midnight, autopay = at_midnight[a], at_autopay[a]
+            run_date = autopay_run_date(autopay, night)
+            month = (run_date.year, run_date.month)
+            held_rows = last.get(a)
+            if (
+                held_rows is not None
+                and held_rows[0] is midnight
+                and held_rows[1] is autopay
+                and held_rows[2] == month
+            ):
+                mine = [{**r, "night": night} for r in held_rows[3]]
+                was = last_figures[a]
+                one = NightFigures(a, night, Counter(was.counts), was.amount_cents, list(was.ids))
+            else:
+                mine, [one] = _resolved_rows([midnight], {a: autopay}, night)
+            last[a] = (midnight, autopay, month, mine)
+            last_figures[a] = one
+            rows.extend(mine)
+            figures.append(one)
+        q.replace_rows(conn, m.ResolvedSettings, ids, night, rows)
+        q.mark_steps(
+            conn,
+            [(a.id, cal.bills_instant(night, a.timezone)) for a in accounts],
+            night,
+            RESOLVED,
+            None,
+        )
+        out.extend(figures)
+    return out
+
+
+def _changed(instants: Sequence[datetime], after: datetime, upto: datetime) -> bool:
+    """Whether one of these instants (in order) falls in (after, upto]."""
+    i = bisect_right(instants, after)
+    return i < len(instants) and instants[i] <= upto
+
+
+def _resolved_rows(
+    practices: Sequence[Practice], at_autopay: Mapping[str, Practice], night: date
+) -> tuple[list[dict[str, object]], list[NightFigures]]:
+    """The night's `resolved_settings` rows of these practices (as of 00:00) and their
+    figures, with AutoPay's decision taken on the practice as of 00:30."""
+    rows: list[dict[str, object]] = []
     out = []
     for practice in practices:
         account = practice.account
         figures = NightFigures(account.id, night)
         later = at_autopay[account.id]
+        run_date = autopay_run_date(later, night)  # one per practice, not per client
         n = 0
         for client in practice.clients.values():
-            decision = decide_autopay(later, later.clients[client.id], night)
+            decision = decide_autopay(later, later.clients[client.id], night, run_date)
             rows.append(
                 {
                     "night": night,
@@ -326,15 +561,7 @@ def record_resolved_settings_of(
             figures.ids.extend(w.client_id for w in warnings)
         figures.add("clients", n)
         out.append(figures)
-    q.replace_rows(conn, m.ResolvedSettings, [p.account.id for p in practices], night, rows)
-    q.mark_steps(
-        conn,
-        [(p.account.id, cal.bills_instant(night, p.account.timezone)) for p in practices],
-        night,
-        RESOLVED,
-        None,
-    )
-    return out
+    return rows, out
 
 
 def _planned_delivery(
@@ -405,7 +632,8 @@ def create_bills_of(
     run_id: str | None = None,
 ) -> list[NightFigures]:
     """`create_bills` for several practices (each with its bills instant): a few statements
-    for all of them, whatever their number of bills."""
+    for all of them, whatever their number of bills. Reads no card (the bills asset reads
+    the practices without them)."""
     ids = [p.account.id for p, _ in practices]
     done = q.steps_done(conn, ids, night, [ELIGIBLE, RESOLVED])
     ready = [
@@ -416,16 +644,15 @@ def create_bills_of(
     # A practice that bills nothing tonight (monthly before month end, manual) plans no bill:
     # its listed sessions are not read.
     due = [p for p, _ in ready if bills_due(p.account.bill_creation, night)]
-    listed = q.eligible_session_ids_of(conn, [p.account.id for p in due], night)
-    billed = billed_session_ids(conn, [sid for found in listed.values() for sid in found])
     sessions: dict[str, list[Session]] = {p.account.id: [] for p, _ in ready}
     for tz, group in _by_zone(due).items():
-        owner = {sid: p.account.id for p in group for sid in listed[p.account.id]}
-        # Services as in force at the bills' instant, as eligibility read them.
-        for s in load_sessions_by_ids(
-            conn, [sid for sid in owner if sid not in billed], cal.bills_instant(night, tz)
-        ):
-            sessions[owner[s.id]].append(s)
+        # The listed sessions on no bill yet, with their services as in force at the bills'
+        # instant, as eligibility read them.
+        sessions.update(
+            listed_open_sessions(
+                conn, [p.account.id for p in group], night, cal.bills_instant(night, tz)
+            )
+        )
     new = [
         q.NewBill(p.account.id, at, bill)
         for p, at in ready
@@ -458,6 +685,41 @@ def create_bills_of(
             figures[practice.account.id].add(ELIGIBLE_NOT_LISTED)
     q.mark_steps(conn, [(p.account.id, at) for p, at in ready], night, Step.BILLS, run_id)
     return [figures[a] for a in ids]
+
+
+def create_bills_over(
+    conn: Connection,
+    accounts: Sequence[AccountView],
+    nights: Sequence[date],
+    run_id: str | None = None,
+) -> list[NightFigures]:
+    """`create_bills_of` for many nights (a backfill's range, in order, in the caller's
+    transaction: a night's bills are seen by the next one), reading as of each night's 00:00
+    (without cards) only the practices with `eligible_sessions` rows that night: one without
+    plans no bill whatever its settings, and its night is what `create_bills_of` does for it
+    (the step marked done once the night's eligible sessions and settings are, else the
+    figure `eligible_sessions_not_listed`)."""
+    out: list[NightFigures] = []
+    for night in sorted(nights):
+        listed = q.accounts_listed(conn, [a.id for a in accounts], night)
+        figures: dict[str, NightFigures] = {}
+        for tz, group in _accounts_by_zone([a for a in accounts if a.id in listed]).items():
+            at = cal.bills_instant(night, tz)
+            practices = load_practices(conn, [a.id for a in group], at, cards=False)
+            made = create_bills_of(conn, [(practices[a.id], at) for a in group], night, run_id)
+            figures.update({f.account_id: f for f in made})
+        rest = [a for a in accounts if a.id not in listed]
+        done = q.steps_done(conn, [a.id for a in rest], night, [ELIGIBLE, RESOLVED])
+        ready = []
+        for a in rest:
+            figures[a.id] = NightFigures(a.id, night)
+            if (a.id, ELIGIBLE) in done and (a.id, RESOLVED) in done:
+                ready.append((a.id, cal.bills_instant(night, a.timezone)))
+            else:
+                figures[a.id].add(ELIGIBLE_NOT_LISTED)
+        q.mark_steps(conn, ready, night, Step.BILLS, run_id)
+        out.extend(figures[a.id] for a in accounts)
+    return out
 
 
 def create_superbills(
