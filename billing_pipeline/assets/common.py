@@ -341,11 +341,16 @@ def for_each_account_nights_of(
     night of the run is due, in transactions of up to `NIGHTS_PER_TRANSACTION` nights. A
     range that fails is rolled back, and its nights and the later ones are done night by
     night by `work` (a practice whose data breaks the step then fails alone). A run of one
-    night, the test-only fault hook, or no `range_work`: night by night."""
+    night, the test-only fault hook, no `range_work`, or SQLite: night by night.
+
+    Not on SQLite: it has one writer at a time, and a range's transaction would hold that lock
+    for its whole length, past the 30 s that the sensors' and the UI's writers wait for it on a
+    slow machine; the embedded default holds a practice or a few, where ranges gain nothing."""
     size = _batch_size()
     accounts = run_accounts(context, db)
     nights = run_nights(context)
-    if range_work is None or len(nights) < 2 or size == 1:
+    ranged_here = db.engine.dialect.name == "postgresql"
+    if range_work is None or len(nights) < 2 or size == 1 or not ranged_here:
         return _account_nights(context, db, clock, step, work, failed, accounts, nights)
     per_night: list[AccountView] = []
     ranged: list[AccountView] = []

@@ -69,3 +69,43 @@ def test_a_practice_that_breaks_the_batch_fails_alone(
     ]
     assert failed == [{"acct-b": f"{NIGHT}: ValueError"}]
     assert set(metadata(result)["bills"]["per_practice"]) == {"acct-a", "acct-c"}
+
+
+@pytest.mark.slow
+def test_a_range_is_done_in_few_statements_on_postgresql_and_night_by_night_on_sqlite(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backfill's range of three nights: PostgreSQL bills it with the range work, SQLite night
+    by night (one writer at a time: a range would hold its lock for the whole range), and both
+    bill each night's session once."""
+    from billing_pipeline.assets import billing as billing_assets
+
+    for day in (8, 9, 10):
+        add_practice(
+            engine, f"acct-{day}", "America/New_York", datetime(2026, 11, day, 15, tzinfo=UTC)
+        )
+    ranges: list[list[date]] = []
+    over = billing_assets.create_bills_over
+
+    def counted(conn, accounts, nights, run_id):  # type: ignore[no-untyped-def]  # test spy
+        ranges.append(list(nights))
+        return over(conn, accounts, nights, run_id)
+
+    monkeypatch.setattr(billing_assets, "create_bills_over", counted)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            chain_through(bills),
+            instance=instance,
+            tags={
+                "dagster/asset_partition_range_start": "2026-11-08",
+                "dagster/asset_partition_range_end": "2026-11-10",
+            },
+            resources={
+                "db": BillingDatabase(url=url_of(engine)),
+                "clock": Clock(mode="logical", until_date="2026-12-31"),
+            },
+        )
+    assert result.success
+    postgres = engine.dialect.name == "postgresql"
+    assert ranges == ([[date(2026, 11, d) for d in (8, 9, 10)]] if postgres else []), ranges
+    assert accounts_with(engine, m.Bill) == {"acct-8", "acct-9", "acct-10"}
