@@ -62,6 +62,7 @@ def bills(
         reading_practices(
             lambda conn, batch, night: create_bills_of(conn, batch, night, run_id),
             cards=False,  # bills plan from bill creation, sharing and contacts: no card read
+            listed_only=True,  # of the clients the night's eligible sessions list
         ),
         failed,
     )

@@ -290,8 +290,11 @@ def for_each_night_of(
     )
 
 
-def reading_practices(work: PracticesWork, *, cards: bool = True) -> AccountsWork:
-    """`work` given each practice of the batch read as it stood at its step's instant."""
+def reading_practices(
+    work: PracticesWork, *, cards: bool = True, listed_only: bool = False
+) -> AccountsWork:
+    """`work` given each practice of the batch read as it stood at its step's instant
+    (`listed_only`: with only the clients that the night's `eligible_sessions` list)."""
 
     def load(
         conn: Connection, batch: list[tuple[AccountView, datetime]], night: date
@@ -301,7 +304,8 @@ def reading_practices(work: PracticesWork, *, cards: bool = True) -> AccountsWor
             at_of.setdefault(at, []).append(account.id)
         practices: dict[str, Practice] = {}
         for at, ids in at_of.items():
-            practices.update(load_practices(conn, ids, at, cards=cards))
+            listed_on = night if listed_only else None
+            practices.update(load_practices(conn, ids, at, cards=cards, listed_on=listed_on))
         return work(conn, [(practices[a.id], at) for a, at in batch], night)
 
     return load

@@ -265,10 +265,12 @@ class EligibleSession(Base):
     __tablename__ = "eligible_sessions"
     night: Mapped[date] = mapped_column(Date, primary_key=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"))
     session_date: Mapped[date] = mapped_column(Date)
     amount_cents: Mapped[int] = mapped_column(Integer)
+    # Read by practice and night (migration 0012).
+    __table_args__ = (Index("ix_eligible_sessions_account_id_night", "account_id", "night"),)
 
 
 class ResolvedSettings(SharingColumns, Base):
@@ -277,7 +279,7 @@ class ResolvedSettings(SharingColumns, Base):
     __tablename__ = "resolved_settings"
     night: Mapped[date] = mapped_column(Date, primary_key=True)
     client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"), primary_key=True)
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     bill_creation: Mapped[str] = mapped_column(String(16))
     auto_bill: Mapped[bool] = mapped_column(Boolean)
     superbills_enabled: Mapped[bool] = mapped_column(Boolean)
@@ -286,6 +288,8 @@ class ResolvedSettings(SharingColumns, Base):
     payer: Mapped[str] = mapped_column(String(16))
     payer_id: Mapped[str | None] = mapped_column(String(64))
     payer_payment_method_id: Mapped[str | None] = mapped_column(String(64))
+    # Read by practice and night (migration 0012).
+    __table_args__ = (Index("ix_resolved_settings_account_id_night", "account_id", "night"),)
 
 
 class Bill(Base):

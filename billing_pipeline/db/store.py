@@ -265,13 +265,20 @@ def _of(column: Any, ids: Sequence[str]) -> Any:
 
 
 def load_practices(
-    conn: Connection, account_ids: Sequence[str], at: datetime | None = None, *, cards: bool = True
+    conn: Connection,
+    account_ids: Sequence[str],
+    at: datetime | None = None,
+    *,
+    cards: bool = True,
+    listed_on: date | None = None,
 ) -> dict[str, Practice]:
     """`load_practice` of several practices as they stood at the same instant, in five
     queries whatever their number (practices in one zone share their nights' instants).
     `cards=False`: no card is read (every client's and contact's `card` is None), for a step
     that decides nothing about payment (bills: what it plans needs bill creation, sharing and
-    billing contact ids)."""
+    billing contact ids). `listed_on`: only the clients with `eligible_sessions` rows that
+    night (a night's bills are of those clients alone; at an EHR's scale most clients of a
+    practice have no session that night)."""
     ids = list(account_ids)
     if not ids:
         return {}
@@ -305,7 +312,12 @@ def load_practices(
             r.id, bool(values["autopay_enabled"]), found_cards.get(values["payment_method_id"])
         )
     clients: dict[str, dict[str, ClientView]] = {a: {} for a in ids}
-    rows = conn.execute(select(*CLIENT_SETTINGS_COLUMNS).where(_of(m.Client.account_id, ids)))
+    which = select(*CLIENT_SETTINGS_COLUMNS).where(_of(m.Client.account_id, ids))
+    if listed_on is not None:
+        e = m.EligibleSession
+        listed = select(e.client_id).where(_of(e.account_id, ids), e.night == listed_on)
+        which = which.where(m.Client.id.in_(listed))
+    rows = conn.execute(which)
     for c in rows.all():
         values = dict(zip(CLIENT_SETTINGS_KEYS, c, strict=True))  # CLIENT_FIELDS among them
         changed = own.get((CLIENT, c.id))

@@ -705,7 +705,9 @@ def create_bills_over(
         figures: dict[str, NightFigures] = {}
         for tz, group in _accounts_by_zone([a for a in accounts if a.id in listed]).items():
             at = cal.bills_instant(night, tz)
-            practices = load_practices(conn, [a.id for a in group], at, cards=False)
+            practices = load_practices(
+                conn, [a.id for a in group], at, cards=False, listed_on=night
+            )
             made = create_bills_of(conn, [(practices[a.id], at) for a in group], night, run_id)
             figures.update({f.account_id: f for f in made})
         rest = [a for a in accounts if a.id not in listed]

@@ -108,6 +108,7 @@ def test_the_database_chooses_the_sessions_the_python_rules_choose() -> None:
             reference = eligible_for_nights(conn, practices, NIGHT)
             figures = record_eligible_sessions_of(conn, practices, NIGHT)
             _bills_read_the_listed_sessions_as_before(conn, practices, new_fee)
+            _listed_clients_read_as_in_the_whole_practice(conn, practices)
             written = {
                 tuple(r)
                 for r in conn.execute(
@@ -170,6 +171,29 @@ def _bills_read_the_listed_sessions_as_before(conn, practices, new_fee: str) -> 
     assert len(every) > 100
     assert taken not in every
     assert [(x.cpt, x.fee_cents) for x in every[new_fee].services] == [("90837", 12345)]
+
+
+def _listed_clients_read_as_in_the_whole_practice(conn, practices) -> None:
+    """`bills` reads a practice with only the clients the night lists (`listed_on`): exactly
+    those, each as the whole practice's read has it."""
+    left_out = 0
+    for practice in practices:
+        account_id = practice.account.id
+        at = cal.bills_instant(NIGHT, practice.account.timezone)
+        whole = load_practices(conn, [account_id], at, cards=False)[account_id]
+        listed = load_practices(conn, [account_id], at, cards=False, listed_on=NIGHT)[account_id]
+        clients = set(
+            conn.execute(
+                select(m.EligibleSession.client_id).where(
+                    m.EligibleSession.account_id == account_id, m.EligibleSession.night == NIGHT
+                )
+            ).scalars()
+        )
+        assert set(listed.clients) == clients
+        assert listed.account == whole.account and listed.contacts == whole.contacts
+        assert all(listed.clients[c] == whole.clients[c] for c in clients)
+        left_out += len(whole.clients) - len(clients)
+    assert left_out > 0  # clients without a listed session were not read
 
 
 def test_resolved_settings_read_again_at_autopay_only_when_a_change_falls_between() -> None:
