@@ -601,18 +601,20 @@ def _with_services(
     if not srows:
         return []
     services = services_at(conn, [r.id for r in srows], at, as_created=as_created)
-    return [
-        Session(
-            id=r.id,
-            client_id=r.client_id,
-            starts_at=r.starts_at,
-            status=SessionStatus(r.status),
-            source=SessionSource(r.source),
-            place_of_service=r.place_of_service,
-            services=services[r.id],
-        )
-        for r in srows
-    ]
+    return [_session_of(r, services[r.id]) for r in srows]
+
+
+def _session_of(r: Any, services: tuple[Service, ...]) -> Session:
+    """The session of a `sessions` row, with its services."""
+    return Session(
+        id=r.id,
+        client_id=r.client_id,
+        starts_at=r.starts_at,
+        status=SessionStatus(r.status),
+        source=SessionSource(r.source),
+        place_of_service=r.place_of_service,
+        services=services,
+    )
 
 
 def listed_open_sessions(
@@ -672,17 +674,7 @@ def listed_open_sessions(
             modifiers = tuple(x for x in (r.modifiers or "").split(",") if x)
             services[r.id].append(Service(r.cpt, r.units, r.fee_cents, modifiers))
     for account_id, r in head:
-        found[account_id].append(
-            Session(
-                id=r.id,
-                client_id=r.client_id,
-                starts_at=r.starts_at,
-                status=SessionStatus(r.status),
-                source=SessionSource(r.source),
-                place_of_service=r.place_of_service,
-                services=changed.get(r.id, tuple(services[r.id])),
-            )
-        )
+        found[account_id].append(_session_of(r, changed.get(r.id, tuple(services[r.id]))))
     return found
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
@@ -209,15 +209,7 @@ def _record_eligible(
     rows: list[dict[str, object]] = []
     for account in accounts:
         rows.extend(
-            {
-                "night": night,
-                "session_id": s.id,
-                "account_id": account.id,
-                "client_id": s.client_id,
-                "session_date": s.local_date(account.timezone),
-                "amount_cents": s.billable_amount_cents,
-            }
-            for s in found[account.id][0]
+            _eligible_row(night, s, account.id, account.timezone) for s in found[account.id][0]
         )
     q.replace_rows(conn, m.EligibleSession, [a.id for a in accounts], night, rows)
     written = _decided_in_sql(conn, accounts, night) if in_sql else {}
@@ -227,25 +219,11 @@ def _record_eligible(
     out = []
     for account in accounts:
         eligible, flagged = found[account.id]
-        new_flags = [s for s in flagged if s.id not in known]
-        flags.extend(
-            {
-                "check": IMPORTED_MISSING_CPT,
-                "session_id": s.id,
-                "account_id": account.id,
-                "client_id": s.client_id,
-                "first_night": night,
-            }
-            for s in new_flags
+        out.append(
+            _eligible_figures(
+                account.id, night, eligible, flagged, known, written.get(account.id), flags
+            )
         )
-        in_db, cents = written.get(account.id, (0, 0))
-        figures = NightFigures(account.id, night)
-        figures.add("eligible_sessions", len(eligible) + in_db)
-        figures.add("imported_sessions_missing_cpt", len(flagged))
-        figures.add("new_flags", len(new_flags))
-        figures.amount_cents = cents + sum(s.billable_amount_cents for s in eligible)
-        figures.ids = [s.id for s in flagged]
-        out.append(figures)
     q.insert_flags(conn, flags)
     q.mark_steps(
         conn,
@@ -255,6 +233,51 @@ def _record_eligible(
         None,
     )
     return out
+
+
+def _eligible_row(night: date, s: Session, account_id: str, tz: str) -> dict[str, object]:
+    """The `eligible_sessions` row of a session the night found billable."""
+    return {
+        "night": night,
+        "session_id": s.id,
+        "account_id": account_id,
+        "client_id": s.client_id,
+        "session_date": s.local_date(tz),
+        "amount_cents": s.billable_amount_cents,
+    }
+
+
+def _eligible_figures(
+    account_id: str,
+    night: date,
+    eligible: Sequence[Session],
+    flagged: Sequence[Session],
+    known: Collection[str],
+    written: tuple[int, int] | None,
+    flags: list[dict[str, object]],
+) -> NightFigures:
+    """A practice's night of eligible sessions: its figures (with the rows and cents the
+    database decided, `written`), and a flag added to `flags` for each imported session
+    without CPT codes not flagged before (`known`)."""
+    new_flags = [s for s in flagged if s.id not in known]
+    flags.extend(
+        {
+            "check": IMPORTED_MISSING_CPT,
+            "session_id": s.id,
+            "account_id": account_id,
+            "client_id": s.client_id,
+            "first_night": night,
+        }
+        for s in new_flags
+    )
+    in_db, cents = written or (0, 0)
+    figures = NightFigures(account_id, night)
+    figures.add("eligible_sessions", len(eligible) + in_db)
+    figures.add("imported_sessions_missing_cpt", len(flagged))
+    figures.add("new_flags", len(new_flags))
+    figures.amount_cents = cents + sum(s.billable_amount_cents for s in eligible)
+    figures.ids = [s.id for s in flagged]
+    return figures
 
 
 def autopay_run_date(practice: Practice, night: date) -> date:
@@ -324,16 +347,7 @@ def record_eligible_sessions_over(
                 why = why_not_eligible(s, tz, night, auto_bill=bills_client, billed=s.id in billed)
                 if why is None:
                     eligible.append(s)
-                    rows.append(
-                        {
-                            "night": night,
-                            "session_id": s.id,
-                            "account_id": account_id,
-                            "client_id": s.client_id,
-                            "session_date": s.local_date(tz),
-                            "amount_cents": s.billable_amount_cents,
-                        }
-                    )
+                    rows.append(_eligible_row(night, s, account_id, tz))
                 if needs_cpt_flag(s, tz, night):
                     flagged.append(s)
     q.insert_eligible_rows(conn, rows)
@@ -345,26 +359,18 @@ def record_eligible_sessions_over(
     for night in nights:
         for account in accounts:
             eligible, flagged = found[(account.id, night)]
-            new_flags = [s for s in flagged if s.id not in known]
-            known.update(s.id for s in new_flags)
-            flags.extend(
-                {
-                    "check": IMPORTED_MISSING_CPT,
-                    "session_id": s.id,
-                    "account_id": account.id,
-                    "client_id": s.client_id,
-                    "first_night": night,
-                }
-                for s in new_flags
+            out.append(
+                _eligible_figures(
+                    account.id,
+                    night,
+                    eligible,
+                    flagged,
+                    known,
+                    written.get((account.id, night)),
+                    flags,
+                )
             )
-            in_db, cents = written.get((account.id, night), (0, 0))
-            figures = NightFigures(account.id, night)
-            figures.add("eligible_sessions", len(eligible) + in_db)
-            figures.add("imported_sessions_missing_cpt", len(flagged))
-            figures.add("new_flags", len(new_flags))
-            figures.amount_cents = cents + sum(s.billable_amount_cents for s in eligible)
-            figures.ids = [s.id for s in flagged]
-            out.append(figures)
+            known.update(s.id for s in flagged)  # flagged once, on its first night
     q.insert_flags(conn, flags)
     for night in nights:
         q.mark_steps(
