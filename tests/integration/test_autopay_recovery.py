@@ -10,7 +10,7 @@ forked.py), against localstripe over HTTP. A kill is a real SIGKILL of that proc
 test-only hook of services/autopay.py (`BILLING_FAULT=<point>@<n>`: the n-th time the process
 reaches the point) at about a quarter, half and three quarters of the night's charges.
 
-The night is loaded through the CLI (`scenario load`: 120 clients, their cards registered in
+The night is loaded through the CLI (`scenario load`: 60 clients, their cards registered in
 localstripe) once per pytest process and backend; each test starts from a fresh copy of that
 database and a localstripe of its own holding those cards and nothing else.
 """
@@ -55,12 +55,12 @@ from tests.integration.autopay_harness import (
 )
 from tests.integration.forked import ForkedLocalStripe
 
-CLIENTS = 120
+CLIENTS = 60
 NIGHT = FIRST_NIGHT
 
 
 def night_scenario() -> dict[str, Any]:
-    """120 AutoPay clients with good cards, one session each; bills shared 60 minutes after
+    """60 AutoPay clients with good cards, one session each; bills shared 60 minutes after
     they are made, so after the night's AutoPay (00:30)."""
     doc = many_clients(CLIENTS, 1)
     defaults = doc["accounts"][0]["settings"]["new_client_defaults"]
