@@ -7,8 +7,8 @@ Everything goes through the real `billing-pipeline simulate` (the production cha
 logical clock, then the delivery sensor's logic) in a process of its own (`python -m
 billing_pipeline.cli`, forked from a server that has Dagster imported: tests/integration/
 forked.py), against localstripe over HTTP. A kill is a real SIGKILL of that process, from the
-test-only hook of services/autopay.py (`BILLING_FAULT=<point>@<n>`: the n-th time the process
-reaches the point) at about a quarter, half and three quarters of the night's charges.
+test-only hook of billing_pipeline/testing.py (`BILLING_FAULT=<point>@<n>`: the n-th time the
+process reaches the point) at about a quarter, half and three quarters of the night's charges.
 
 The night is loaded through the CLI (`scenario load`: 60 clients, their cards registered in
 localstripe) once per pytest process and backend; each test starts from a fresh copy of that
