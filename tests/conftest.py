@@ -18,6 +18,7 @@ from sqlalchemy import Connection, create_engine, text
 
 from billing_pipeline.db.engine import dispose_engines, get_engine, make_engine, upgrade
 from billing_pipeline.localstripe_server import LocalStripe
+from tests import gc_tuned  # noqa: F401  (imported for its effect: see the module)
 
 if TYPE_CHECKING:
     from tests.simulated import Simulations

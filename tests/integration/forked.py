@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # checks that every one is imported in a child.
 PRELOAD = [
     "__main__",  # pytest's own script, imported once here rather than in every child
+    "tests.gc_tuned",  # the test processes' garbage-collector thresholds, inherited by children
     "dagster",
     "dagster._core.debug",
     "dagster._core.definitions.repository_definition.repository_data_builder",

@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 
 from billing_pipeline.localstripe_server import LocalStripe
 from billing_pipeline.testing import FAULT_ENV, FaultPoint
+from tests.gc_tuned import GC_THRESHOLD
 from tests.integration import forked
 from tests.integration.autopay_harness import (
     FIRST_NIGHT,
@@ -129,16 +130,18 @@ def _inet_sockets(pid: int) -> set[int]:
 @pytest.mark.slow
 def test_drivers_fork_from_a_clean_server_and_a_kill_ends_only_the_driver() -> None:
     """The server the drivers fork from has imported every module it should (multiprocessing
-    skips a name it cannot import, silently), created no engine, runs a single thread and holds
+    skips a name it cannot import, silently), created no engine, passes on the test processes'
+    garbage-collector thresholds (tests/gc_tuned.py), runs a single thread and holds
     no TCP socket (no engine or connection crosses a fork); a driver's SIGKILL shows as -9 and
     the server lives on."""
     probe = forked.start_code(
-        "import sys\n"
+        "import gc, sys\n"
         "from billing_pipeline.db import engine\n"
-        "print(sorted(m for m in sys.argv[1:] if m not in sys.modules), len(engine._engines))",
+        "print(sorted(m for m in sys.argv[1:] if m not in sys.modules), len(engine._engines),\n"
+        "      gc.get_threshold())",
         forked.PRELOAD,
     )
-    assert probe.communicate(timeout=60) == ("[] 0\n", "")
+    assert probe.communicate(timeout=60) == (f"[] 0 {GC_THRESHOLD}\n", "")
     assert probe.returncode == 0
     server = forked.server_pid()
     status = Path(f"/proc/{server}/status").read_text()
