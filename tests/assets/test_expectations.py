@@ -236,6 +236,32 @@ def test_a_frame_without_rows_passes_and_a_bad_row_beside_it_still_fails() -> No
     assert outcome.rows == {"bills": 1, "billed_sessions": 0}
 
 
+def test_only_the_failed_expectations_name_their_rows_and_each_names_all_of_its_own() -> None:
+    """validate() asks GX first for pass or fail only, then names the rows of the failed
+    expectations alone: two of the bills frame's four fail (on different rows), the others and
+    the sessions frame's pass, and each failure lists every row it failed on, in id order."""
+    import pandas as pd
+
+    from billing_pipeline.checks.suites import BILLS
+
+    bills = pd.DataFrame(
+        [
+            [10, 100, 90, "open"],  # total disagrees with its lines
+            [2, 100, 100, "void"],  # unknown state
+            [3, 50, 50, "paid"],
+            [1, 70, 60, "paid"],  # total disagrees with its lines
+        ],
+        columns=["bill_id", "amount_cents", "lines_cents", "status"],
+    )
+    sessions = pd.DataFrame({"session_id": ["s-1", "s-2"]})
+    outcome = expectations.validate("bills", {"bills": bills, "billed_sessions": sessions}, BILLS)
+    assert outcome.failed == {
+        "bill amount equals the sum of its lines": ["1", "10"],
+        "bill status is known": ["2"],
+    }
+    assert outcome.rows == {"bills": 4, "billed_sessions": 2}
+
+
 def test_every_expectation_of_every_suite_is_a_gx_expectation_on_its_frames_columns() -> None:
     """An `Expect` names its GX class by a string: a misspelt one would fail only on a night
     with rows. Each builds, and each check has its suite."""
