@@ -37,12 +37,10 @@ want="$(cat setup.py pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing the project and its test tools into .venv (a few minutes the first time)"
   # The venv's own pip (23.2 with Python 3.11) installs this project as it is: upgrading it
-  # first cost a round trip to the index on every fresh clone. pip byte-compiles on one core
-  # (15 of the install's 40 s); compileall does it on all of them (10 s on two). Compiled here,
-  # not on first import: multiprocessing's forkserver and spawn children run `python -B`, which
-  # never writes a .pyc, and would compile their imports again every time they start.
+  # first cost a round trip to the index on every fresh clone. No byte-compiling of every
+  # installed module (15 of the install's 40 s): Python compiles the third of them that are
+  # ever imported on their first import, and keeps them.
   .venv/bin/pip install -q --no-compile -e '.[test]'
-  .venv/bin/python -m compileall -q -j 0 "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
   echo "$want" > "$stamp"
 fi
 
