@@ -303,8 +303,8 @@ def reading_practices(
         for account, at in batch:
             at_of.setdefault(at, []).append(account.id)
         practices: dict[str, Practice] = {}
+        listed_on = night if listed_only else None
         for at, ids in at_of.items():
-            listed_on = night if listed_only else None
             practices.update(load_practices(conn, ids, at, cards=cards, listed_on=listed_on))
         return work(conn, [(practices[a.id], at) for a, at in batch], night)
 

@@ -219,11 +219,11 @@ def _record_eligible(
     out = []
     for account in accounts:
         eligible, flagged = found[account.id]
-        out.append(
-            _eligible_figures(
-                account.id, night, eligible, flagged, known, written.get(account.id), flags
-            )
+        figures, new_flags = _eligible_figures(
+            account.id, night, eligible, flagged, known, written.get(account.id)
         )
+        out.append(figures)
+        flags.extend(new_flags)
     q.insert_flags(conn, flags)
     q.mark_steps(
         conn,
@@ -254,13 +254,12 @@ def _eligible_figures(
     flagged: Sequence[Session],
     known: Collection[str],
     written: tuple[int, int] | None,
-    flags: list[dict[str, object]],
-) -> NightFigures:
+) -> tuple[NightFigures, list[dict[str, object]]]:
     """A practice's night of eligible sessions: its figures (with the rows and cents the
-    database decided, `written`), and a flag added to `flags` for each imported session
-    without CPT codes not flagged before (`known`)."""
+    database decided, `written`), and a flag row for each imported session without CPT codes
+    not flagged before (`known`)."""
     new_flags = [s for s in flagged if s.id not in known]
-    flags.extend(
+    rows: list[dict[str, object]] = [
         {
             "check": IMPORTED_MISSING_CPT,
             "session_id": s.id,
@@ -269,7 +268,7 @@ def _eligible_figures(
             "first_night": night,
         }
         for s in new_flags
-    )
+    ]
     in_db, cents = written or (0, 0)
     figures = NightFigures(account_id, night)
     figures.add("eligible_sessions", len(eligible) + in_db)
@@ -277,7 +276,7 @@ def _eligible_figures(
     figures.add("new_flags", len(new_flags))
     figures.amount_cents = cents + sum(s.billable_amount_cents for s in eligible)
     figures.ids = [s.id for s in flagged]
-    return figures
+    return figures, rows
 
 
 def autopay_run_date(practice: Practice, night: date) -> date:
@@ -359,17 +358,11 @@ def record_eligible_sessions_over(
     for night in nights:
         for account in accounts:
             eligible, flagged = found[(account.id, night)]
-            out.append(
-                _eligible_figures(
-                    account.id,
-                    night,
-                    eligible,
-                    flagged,
-                    known,
-                    written.get((account.id, night)),
-                    flags,
-                )
+            figures, new_flags = _eligible_figures(
+                account.id, night, eligible, flagged, known, written.get((account.id, night))
             )
+            out.append(figures)
+            flags.extend(new_flags)
             known.update(s.id for s in flagged)  # flagged once, on its first night
     q.insert_flags(conn, flags)
     for night in nights:
